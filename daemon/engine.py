@@ -1,0 +1,99 @@
+"""The seam between the HTTP layer and whatever runs models.
+
+The routes only ever talk to an :class:`Engine`. The worker pool (``daemon.pool``) is the
+real implementation; ``daemon.testing.ScriptedEngine`` is a scripted one for HTTP tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from worker.protocol import ChatMessage, SamplingOptions
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """What an engine needs to know about an installed model to run it."""
+
+    name: str  # display name, e.g. "smollm2:135m"
+    digest: str  # manifest digest (64 hex), identifies the exact model version
+    path: Path  # an MLX model directory (config.json, *.safetensors, tokenizer files)
+
+
+@dataclass
+class GenerationRequest:
+    """One generation, already validated and with the model's defaults merged in."""
+
+    messages: list[ChatMessage] = field(default_factory=list)  # rendered with the chat template
+    prompt: str = ""  # used as-is when ``raw``
+    raw: bool = False
+    context: list[int] = field(default_factory=list)
+    options: SamplingOptions = field(default_factory=lambda: SamplingOptions())
+    return_context: bool = False
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    done_reason: Literal["stop", "length", "cancel"]
+    prompt_eval_count: int
+    prompt_eval_duration_ns: int
+    eval_count: int
+    eval_duration_ns: int
+    context: list[int] | None = None
+
+
+GenerationEvent = TextChunk | Finished
+
+
+class EngineError(Exception):
+    """A failure with the HTTP status Ollama would answer (500 unless stated)."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+# Ollama's text for a runner that died mid-request.
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal "
+    "error, check ollama server logs for details"
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    digest: str
+    memory_bytes: int
+    context_length: int
+
+
+class Engine(Protocol):
+    async def load(self, model: ModelHandle) -> float:
+        """Make sure the model is loaded; return the seconds this call spent loading it."""
+        ...
+
+    def generate(self, model: ModelHandle, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream text chunks, then exactly one :class:`Finished`; raise :class:`EngineError`.
+
+        Closing the iterator early (client gone) cancels the generation."""
+        ...
+
+    async def unload(self, model: ModelHandle) -> None:
+        """Stop the model's worker if it runs; a no-op otherwise."""
+        ...
+
+    def loaded(self) -> list[LoadedModel]: ...
+
+    async def close(self) -> None:
+        """Stop every worker and release their resources."""
+        ...

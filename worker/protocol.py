@@ -1,0 +1,154 @@
+"""The messages that cross the daemon↔worker boundary, and nothing else.
+
+Both sides import this module; it must never import MLX. Commands travel daemon → worker
+as one JSON object per line on the worker's stdin. Events travel worker → daemon through
+the event transport (shared-memory ring or stdout), one encoded event per frame.
+
+Events are small JSON objects with a one-letter ``t`` key so that the per-token encoding
+stays cheap (one ``orjson.dumps`` of a three-key dict).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+import orjson
+
+# ---------------------------------------------------------------------------- commands
+
+
+class SamplingOptions(TypedDict, total=False):
+    """Generation options the worker understands (already validated by the daemon)."""
+
+    num_predict: int  # -1: until EOS or the context is full
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int  # -1: random
+    stop: list[str]
+    num_ctx: int
+
+
+class ChatMessage(TypedDict, total=False):
+    role: str
+    content: str
+
+
+class GenerateCommand(TypedDict, total=False):
+    """Start one generation. ``messages`` are rendered with the model's chat template;
+    with ``raw`` the ``prompt`` is tokenized as is. ``context`` holds token ids that are
+    prepended to the rendered prompt (the deprecated ``/api/generate`` ``context``)."""
+
+    op: Literal["generate"]
+    id: int
+    messages: list[ChatMessage]
+    prompt: str
+    raw: bool
+    context: list[int]
+    options: SamplingOptions
+    return_context: bool
+
+
+class CancelCommand(TypedDict):
+    op: Literal["cancel"]
+    id: int
+
+
+class ShutdownCommand(TypedDict):
+    op: Literal["shutdown"]
+
+
+Command = GenerateCommand | CancelCommand | ShutdownCommand
+
+
+def encode_command(command: Command) -> bytes:
+    """One command as a JSON line."""
+    return orjson.dumps(command) + b"\n"
+
+
+def decode_command(line: bytes) -> Command:
+    obj = orjson.loads(line)
+    if not isinstance(obj, dict) or obj.get("op") not in ("generate", "cancel", "shutdown"):
+        raise ValueError(f"not a worker command: {line[:80]!r}")
+    return obj  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- events
+
+# Event tags (the ``t`` key).
+READY = "r"  # model loaded and warmed up: {"t","info"}
+TEXT = "x"  # a text delta of one request: {"t","id","s"}
+DONE = "d"  # a request finished: {"t","id","stats"}
+ERROR = "e"  # a request (id >= 0) or the worker (id == -1) failed: {"t","id","msg","status"}
+
+
+class ModelInfo(TypedDict, total=False):
+    """What the worker reports once the model is loaded."""
+
+    load_seconds: float
+    context_length: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    memory_bytes: int  # resident size of the weights
+    device: str
+
+
+class DoneStats(TypedDict, total=False):
+    done_reason: str  # "stop" | "length" | "cancel"
+    prompt_eval_count: int
+    prompt_eval_duration_ns: int
+    eval_count: int
+    eval_duration_ns: int
+    context: list[int]
+
+
+class ReadyEvent(TypedDict):
+    t: Literal["r"]
+    info: ModelInfo
+
+
+class TextEvent(TypedDict):
+    t: Literal["x"]
+    id: int
+    s: str
+
+
+class DoneEvent(TypedDict):
+    t: Literal["d"]
+    id: int
+    stats: DoneStats
+
+
+class ErrorEvent(TypedDict):
+    t: Literal["e"]
+    id: int
+    msg: str
+    status: int
+
+
+Event = ReadyEvent | TextEvent | DoneEvent | ErrorEvent
+
+WORKER_ID = -1  # the ``id`` of an error that concerns the whole worker, not one request
+
+
+def ready(info: ModelInfo) -> bytes:
+    return orjson.dumps({"t": READY, "info": info})
+
+
+def text(request_id: int, delta: str) -> bytes:
+    return orjson.dumps({"t": TEXT, "id": request_id, "s": delta})
+
+
+def done(request_id: int, stats: DoneStats) -> bytes:
+    return orjson.dumps({"t": DONE, "id": request_id, "stats": stats})
+
+
+def error(request_id: int, message: str, status: int = 500) -> bytes:
+    return orjson.dumps({"t": ERROR, "id": request_id, "msg": message, "status": status})
+
+
+def decode_event(payload: bytes) -> Event:
+    obj: Any = orjson.loads(payload)
+    if not isinstance(obj, dict) or obj.get("t") not in (READY, TEXT, DONE, ERROR):
+        raise ValueError(f"not a worker event: {payload[:80]!r}")
+    return obj  # type: ignore[no-any-return]
