@@ -1,0 +1,249 @@
+"""The daemon's handle on one worker process.
+
+Commands go to the worker's stdin as JSON lines. Events come back through the event
+transport; one reader thread per worker blocks on it and hands each *batch* of events to
+the event loop with a single ``call_soon_threadsafe`` (a thread hop per batch, not per
+token). The worker's process group is its own, so a Ctrl-C in the daemon's terminal
+reaches the daemon only; the daemon then stops its workers itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from daemon.engine import (
+    RUNNER_STOPPED,
+    EngineError,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    ModelHandle,
+    TextChunk,
+)
+from worker import protocol
+from worker.protocol import Command, GenerateCommand, ModelInfo
+from worker.transport import EventReader, ShmChannel, stdio_reader
+
+log = logging.getLogger("mlxd.worker_client")
+
+_POLL_SECONDS = 0.5  # how often the reader thread checks that the worker still lives
+
+
+class WorkerProcess:
+    def __init__(self, model: ModelHandle, ipc: str) -> None:
+        self.model = model
+        self.ipc = ipc
+        self.info: ModelInfo = {}
+        self.last_used = time.monotonic()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._channel: ShmChannel | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: EventReader | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future[ModelInfo] | None = None
+        self._exited = asyncio.Event()
+        self._stderr_tail = ""
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self._exited.is_set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    async def start(self, timeout: float) -> ModelInfo:
+        """Spawn the worker and wait until it has loaded and warmed up the model."""
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        argv = [sys.executable, "-m", "worker", "--model", str(self.model.path), "--ipc", self.ipc]
+        if self.ipc == "shm":
+            self._channel = ShmChannel.create()
+            argv += ["--channel", self._channel.spec]
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE if self.ipc == "stdio" else subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._release_channel()
+            raise EngineError(f"could not start the model runner: {exc}") from exc
+        if self._channel is not None:
+            self._reader = self._channel.reader()
+        else:
+            assert self._proc.stdout is not None
+            self._reader = stdio_reader(self._proc.stdout.fileno())
+        self._thread = threading.Thread(target=self._read_loop, name=f"events-{self.model.name}", daemon=True)
+        self._thread.start()
+        try:
+            self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise EngineError(f"timed out after {timeout:g}s waiting for the model to load") from None
+        except BaseException:
+            await self.stop()
+            raise
+        return self.info
+
+    # ------------------------------------------------------------------ events
+
+    def _read_loop(self) -> None:
+        """Reader thread: forward batches of events to the loop until the worker is gone."""
+        assert self._reader is not None and self._proc is not None and self._loop is not None
+        try:
+            while True:
+                batch = self._reader.read(_POLL_SECONDS)
+                if batch is None:
+                    break
+                if batch:
+                    self._loop.call_soon_threadsafe(self._dispatch, batch)
+                elif self._proc.poll() is not None:
+                    rest = self._reader.read(0)
+                    if rest:
+                        self._loop.call_soon_threadsafe(self._dispatch, rest)
+                    break
+        except Exception:
+            log.exception("event reader for %s failed", self.model.name)
+        finally:
+            try:
+                self._loop.call_soon_threadsafe(self._on_exit)
+            except RuntimeError:
+                pass  # the loop is closed: the daemon is exiting
+
+    def _dispatch(self, batch: list[bytes]) -> None:
+        for payload in batch:
+            event: dict[str, Any] = protocol.decode_event(payload)  # type: ignore[assignment]
+            tag = event["t"]
+            if tag == protocol.READY:
+                # The worker has attached: the names can go, the mapping stays.
+                if self._channel is not None:
+                    self._channel.unlink()
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(event["info"])
+            elif tag == protocol.ERROR and event["id"] == protocol.WORKER_ID:
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(EngineError(event["msg"], event["status"]))
+                else:
+                    log.error("worker %s: %s", self.model.name, event["msg"])
+            else:
+                queue = self._pending.get(event["id"])
+                if queue is not None:
+                    queue.put_nowait(event)
+
+    def _on_exit(self) -> None:
+        if self._exited.is_set():
+            return
+        self._exited.set()
+        code = self._proc.poll() if self._proc else None
+        log.info("worker for %s exited (status %s)", self.model.name, code)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(EngineError(RUNNER_STOPPED))
+        stopped = {"t": protocol.ERROR, "id": 0, "msg": RUNNER_STOPPED, "status": 500}
+        for queue in self._pending.values():
+            queue.put_nowait(stopped)
+        self._release_channel()
+
+    # ------------------------------------------------------------------ commands
+
+    def _send(self, command: Command) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._exited.is_set():
+            raise EngineError(RUNNER_STOPPED)
+        try:
+            proc.stdin.write(protocol.encode_command(command))
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise EngineError(RUNNER_STOPPED) from None
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        request_id = next(self._ids)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending[request_id] = queue
+        command: GenerateCommand = {
+            "op": "generate",
+            "id": request_id,
+            "messages": request.messages,
+            "prompt": request.prompt,
+            "raw": request.raw,
+            "context": request.context,
+            "options": request.options,
+            "return_context": request.return_context,
+        }
+        finished = False
+        try:
+            self._send(command)
+            while True:
+                event = await queue.get()
+                tag = event["t"]
+                if tag == protocol.TEXT:
+                    yield TextChunk(event["s"])
+                elif tag == protocol.DONE:
+                    finished = True
+                    yield _finished(event["stats"])
+                    return
+                else:
+                    finished = True
+                    raise EngineError(event["msg"], event["status"])
+        finally:
+            del self._pending[request_id]
+            self.last_used = time.monotonic()
+            if not finished and self.alive:
+                try:
+                    self._send({"op": "cancel", "id": request_id})
+                except EngineError:
+                    pass
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the worker to exit, kill it after ``grace`` seconds, release everything."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                self._send({"op": "shutdown"})
+                assert proc.stdin is not None
+                proc.stdin.close()
+            except (EngineError, OSError):
+                pass
+            try:
+                await asyncio.to_thread(proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                log.warning("worker for %s did not stop in %gs; killing it", self.model.name, grace)
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+        self._on_exit()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+
+    def _release_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.unlink()
+
+
+def _finished(stats: dict[str, Any]) -> Finished:
+    return Finished(
+        done_reason=stats.get("done_reason", "stop"),
+        prompt_eval_count=stats.get("prompt_eval_count", 0),
+        prompt_eval_duration_ns=stats.get("prompt_eval_duration_ns", 0),
+        eval_count=stats.get("eval_count", 0),
+        eval_duration_ns=stats.get("eval_duration_ns", 0),
+        context=stats.get("context"),
+    )

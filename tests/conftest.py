@@ -1,0 +1,131 @@
+"""Shared fixtures: the tiny model, and a real ``mlxd serve`` on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shm_entries() -> set[str]:
+    """Our shared-memory segments and semaphores currently in /dev/shm."""
+    try:
+        return {name for name in os.listdir("/dev/shm") if "mlxd" in name}
+    except FileNotFoundError:
+        return set()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from registry.tiny_model import write_tiny_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    write_tiny_model(path, seed=0)
+    return path
+
+
+@dataclass
+class Daemon:
+    url: str
+    home: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_daemon(home: Path, ipc: str = "shm", extra_env: dict[str, str] | None = None) -> Daemon:
+    port = free_port()
+    env = dict(os.environ)
+    env.update({"OLLAMA_HOST": f"127.0.0.1:{port}", "MLXD_HOME": str(home), "MLXD_IPC": ipc})
+    env.update(extra_env or {})
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    daemon = Daemon(f"http://127.0.0.1:{port}", home, proc, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited early:\n{daemon.logs()}")
+        try:
+            if httpx.head(daemon.url + "/", timeout=1).status_code == 200:
+                return daemon
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    daemon.stop()
+    raise RuntimeError(f"daemon did not start:\n{daemon.logs()}")
+
+
+@pytest.fixture(scope="module", params=["shm", "stdio"])
+def tiny_daemon(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """A real daemon (one per IPC build) with the tiny model installed as ``tiny``."""
+    before = shm_entries()
+    home = tmp_path_factory.mktemp(f"home-{request.param}")
+    daemon = start_daemon(home, ipc=request.param)
+    try:
+        response = httpx.post(
+            daemon.url + "/api/create",
+            json={"model": TINY, "from": str(tiny_model_dir), "stream": False},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        yield daemon
+    finally:
+        code = daemon.stop()
+        logs = daemon.logs()
+        assert code == 0, logs
+        assert "Traceback" not in logs, logs
+        assert processes_mentioning(str(home)) == []
+        assert shm_entries() - before == set()
