@@ -1,0 +1,43 @@
+"""The Starlette application: routes, error handling, and the engine's lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from daemon.config import Settings
+from daemon.engine import Engine, EngineError
+from daemon.errors import ApiError, CatchAllMiddleware, api_error_handler, http_exception_handler
+from daemon.routes import Services, routes
+from registry.store import Store
+
+
+def create_app(settings: Settings, engine: Engine, store: Store) -> Starlette:
+    """The Ollama-compatible HTTP API over ``engine`` and ``store``.
+
+    The engine is closed (every worker stopped) when the application shuts down.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[Middleware(CatchAllMiddleware)],
+        exception_handlers={
+            ApiError: api_error_handler,
+            EngineError: api_error_handler,
+            HTTPException: http_exception_handler,
+        },
+        lifespan=lifespan,
+    )
+    app.state.services = Services(settings=settings, engine=engine, store=store)
+    return app

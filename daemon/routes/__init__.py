@@ -1,0 +1,57 @@
+"""The native Ollama API routes, and what every handler shares: the services and name lookup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+
+from daemon.config import Settings
+from daemon.engine import Engine, ModelHandle
+from daemon.errors import ApiError
+from registry.names import InvalidName
+from registry.store import InstalledModel, Store
+
+INVALID_MODEL_NAME = "invalid model name"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the handlers work with; one per app, kept in ``app.state.services``."""
+
+    settings: Settings
+    engine: Engine
+    store: Store
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+async def find_model(store: Store, text: str) -> InstalledModel | None:
+    """The installed model a request names, or None; an invalid name is a 400."""
+    try:
+        return await run_in_threadpool(store.resolve, text.strip())
+    except InvalidName:
+        raise ApiError(INVALID_MODEL_NAME) from None
+
+
+def model_handle(model: InstalledModel) -> ModelHandle:
+    return ModelHandle(name=model.display, digest=model.digest, path=model.path)
+
+
+def routes() -> list[BaseRoute]:
+    from daemon.routes import chat, create, generate, models
+
+    return [
+        Route("/", models.root, methods=["GET", "HEAD"]),
+        Route("/api/version", models.version, methods=["GET", "HEAD"]),
+        Route("/api/tags", models.tags, methods=["GET", "HEAD"]),
+        Route("/api/show", models.show, methods=["POST"]),
+        Route("/api/generate", generate.generate, methods=["POST"]),
+        Route("/api/chat", chat.chat, methods=["POST"]),
+        Route("/api/create", create.create, methods=["POST"]),
+    ]

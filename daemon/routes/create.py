@@ -1,0 +1,116 @@
+"""``POST /api/create`` (reference §4.12): validate, then stream ``registry.create``'s progress.
+
+``create_model`` does disk work, so it runs in worker threads; its progress objects are
+streamed as NDJSON (``stream: false``: only the last one, as ``application/json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from daemon.errors import ApiError
+from daemon.ndjson import JSONResponse, NDJSONResponse, dumps_line, error_line, error_response
+from daemon.routes import INVALID_MODEL_NAME, services
+from daemon.schemas import Fields, read_json
+from registry.names import InvalidName, parse_name
+from registry.store import Store
+
+if TYPE_CHECKING:
+    from registry.create import CreateRequest
+
+NOT_SUPPORTED_YET = "{} is not supported yet; create from an installed model with 'from'"
+NO_SOURCE = "neither 'from' or 'files' was specified"
+_DONE = object()
+
+
+def parse_create(fields: Fields) -> CreateRequest:
+    from registry.create import CreateRequest
+
+    name = fields.model_name()
+    try:
+        parse_name(name.strip())
+    except InvalidName:
+        raise ApiError(INVALID_MODEL_NAME) from None
+    for key in ("files", "adapters"):
+        if fields.mapping(key):
+            raise ApiError(NOT_SUPPORTED_YET.format(f"'{key}'"))
+    if fields.string("quantize") or fields.string("quantization"):
+        raise ApiError(NOT_SUPPORTED_YET.format("quantization"))
+    source = fields.string("from")
+    if not source:
+        raise ApiError(NO_SOURCE)
+    license_value = fields.raw("license")
+    licenses = (
+        [license_value] if isinstance(license_value, str) and license_value else fields.string_list("license")
+    )
+    return CreateRequest(
+        model=name.strip(),
+        from_=source,
+        template=fields.string("template"),
+        system=fields.string("system"),
+        parameters=fields.mapping("parameters") or {},
+        messages=[{"role": m.role, "content": m.content} for m in fields.messages()],
+        license=licenses,
+    )
+
+
+async def create(request: Request) -> Response:
+    from registry.create import CreateError, create_model
+
+    fields = await read_json(request, "CreateRequest")
+    req = parse_create(fields)
+    stream = fields.boolean("stream", default=True)
+    store = services(request).store
+
+    if not stream:
+        try:
+            last = await run_in_threadpool(_last, create_model, store, req)
+        except CreateError as exc:
+            return error_response(exc.message, exc.status)
+        return JSONResponse(last, media_type="application/json")
+
+    progress = create_model(store, req)
+    try:
+        first = await run_in_threadpool(next, progress, _DONE)
+    except CreateError as exc:
+        await _close(progress)
+        return error_response(exc.message, exc.status)
+    except BaseException:
+        await _close(progress)
+        raise
+    return NDJSONResponse(_lines(first, progress, CreateError))
+
+
+def _last(create_model: Any, store: Store, req: CreateRequest) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    for item in create_model(store, req):
+        last = item
+    return last
+
+
+async def _lines(
+    first: Any, progress: Iterator[dict[str, Any]], error_type: type[Exception]
+) -> AsyncIterator[bytes]:
+    item = first
+    try:
+        while item is not _DONE:
+            yield dumps_line(item)
+            item = await run_in_threadpool(next, progress, _DONE)
+    except error_type as exc:
+        yield error_line(getattr(exc, "message", str(exc)))
+    finally:
+        await _close(progress)
+
+
+async def _close(progress: Iterator[dict[str, Any]]) -> None:
+    """Close the generator (its cleanup runs) even while the request is being cancelled."""
+    close = getattr(progress, "close", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(close)

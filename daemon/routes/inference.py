@@ -1,0 +1,235 @@
+"""What ``/api/generate`` and ``/api/chat`` share (reference §4.6, §4.7).
+
+The checks both handlers run, in Ollama's order; the options merge; the load step; and running
+one generation on the engine, streamed (NDJSON) or not (one JSON object).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from daemon.durations import go_quote
+from daemon.engine import EngineError, Finished, GenerationEvent, GenerationRequest, ModelHandle
+from daemon.errors import ApiError
+from daemon.ndjson import JSONResponse, NDJSONResponse, aclose, clock, dumps_line, until_disconnect
+from daemon.options import OptionError, Options, resolve_options
+from daemon.routes import Services, find_model, model_handle, services
+from daemon.schemas import InferenceBody, validate_top_logprobs
+from registry.store import InstalledModel
+
+log = logging.getLogger("mlxd.http")
+
+INCOMPLETE = "the model stopped without finishing the response"
+CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it, the client is gone
+
+
+@dataclass
+class Call:
+    """One generate or chat request, validated up to the model lookup."""
+
+    request: Request
+    services: Services
+    body: InferenceBody
+    model: InstalledModel
+    handle: ModelHandle
+    started_ns: int
+
+
+async def start_call(request: Request, body: InferenceBody, started_ns: int, empty_model: ApiError) -> Call:
+    """Steps 2–5 of both handlers: ``top_logprobs``, the name, the lookup."""
+    validate_top_logprobs(body.top_logprobs)
+    if not body.model.strip():
+        raise empty_model
+    svc = services(request)
+    model = await find_model(svc.store, body.model)
+    if model is None:
+        raise ApiError(f"model '{body.model}' not found", 404)
+    return Call(request, svc, body, model, model_handle(model), started_ns)
+
+
+def check_capabilities(call: Call, verb: str) -> None:
+    """The think check, then ``completion`` (``verb`` is "generate" or "chat")."""
+    body = call.body
+    if body.think:  # True or any level; this engine has no thinking support
+        raise ApiError(f"{go_quote(body.model)} does not support thinking")
+    if "completion" not in call.model.config.capabilities:
+        raise ApiError(f"{go_quote(body.model)} does not support {verb}")
+
+
+def unsupported(call: Call, feature: str) -> ApiError:
+    """Ollama's answer for a model without a capability, with the fully-qualified name."""
+    return ApiError(f"{call.model.name.full()} does not support {feature}")
+
+
+def merged_options(call: Call) -> Options:
+    try:
+        return resolve_options(
+            call.services.settings.context_length, call.model.config.parameters, call.body.options
+        )
+    except OptionError as exc:
+        raise ApiError(str(exc), 500) from None
+
+
+def check_format(value: Any) -> None:
+    """``format``: absent, ``""``, ``"json"`` or a JSON Schema object (reference §2.6).
+
+    The value is validated only: constrained decoding is not implemented by the engine yet,
+    so nothing about it reaches the engine.
+    """
+    if value is None or value in ("", "json") or isinstance(value, dict):
+        return
+    raw = orjson.dumps(value).decode()
+    raise ApiError(f'invalid format: {go_quote(raw)}; expected "json" or a valid JSON Schema object', 500)
+
+
+class Shape:
+    """The chunk and final-object shapes of one endpoint, echoing the request's model string."""
+
+    def __init__(self, model: str, chat: bool, with_context: bool = False) -> None:
+        self.model = model
+        self.chat = chat
+        self.with_context = with_context
+        # Per-token lines are assembled from pre-encoded pieces: one orjson call per chunk.
+        self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
+        if chat:
+            self._middle = b'","message":{"role":"assistant","content":'
+            self._tail = b'},"done":false}\n'
+        else:
+            self._middle = b'","response":'
+            self._tail = b',"done":false}\n'
+
+    def line(self, text: str) -> bytes:
+        return b"".join((self._head, clock.now().encode(), self._middle, orjson.dumps(text), self._tail))
+
+    def final(self, text: str, fields: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = {"model": self.model, "created_at": clock.now()}
+        if self.chat:
+            obj["message"] = {"role": "assistant", "content": text}
+        else:
+            obj["response"] = text
+        obj["done"] = True
+        obj.update(fields)
+        return obj
+
+
+def final_fields(finished: Finished, total_ns: int, load_ns: int, with_context: bool) -> dict[str, Any]:
+    """``done_reason``, ``context`` and the metrics of the last object; zero metrics are omitted."""
+    fields: dict[str, Any] = {}
+    if finished.done_reason in ("stop", "length"):  # a cancelled run has no reason, like Ollama's ""
+        fields["done_reason"] = finished.done_reason
+    if with_context and finished.context:
+        fields["context"] = finished.context
+    metrics = (
+        ("total_duration", total_ns),
+        ("load_duration", load_ns),
+        ("prompt_eval_count", finished.prompt_eval_count),
+        ("prompt_eval_duration", finished.prompt_eval_duration_ns),
+        ("eval_count", finished.eval_count),
+        ("eval_duration", finished.eval_duration_ns),
+    )
+    fields.update((key, value) for key, value in metrics if value)
+    return fields
+
+
+async def unload_answer(call: Call, shape: Shape) -> Response:
+    """The unload idiom: empty prompt/messages with ``keep_alive: 0``."""
+    await call.services.engine.unload(call.handle)
+    return JSONResponse(shape.final("", {"done_reason": "unload"}))
+
+
+async def load(call: Call) -> int:
+    """Load the model; the nanoseconds the engine spent on it."""
+    seconds = await call.services.engine.load(call.handle)
+    return int(seconds * 1_000_000_000)
+
+
+def load_answer(shape: Shape) -> Response:
+    """The load idiom: empty prompt/messages."""
+    return JSONResponse(shape.final("", {"done_reason": "load"}))
+
+
+async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int) -> Response:
+    """Run one generation and answer with an NDJSON stream or, with ``stream: false``, one object.
+
+    The first event is awaited before the response starts, so an engine error at that point
+    is a plain JSON error with its status. ``keep_alive: 0`` unloads the model afterwards.
+    """
+    engine = call.services.engine
+    events = engine.generate(call.handle, request)
+    unload_after = call.body.keep_alive == 0
+
+    async def release() -> None:
+        await aclose(events)
+        if unload_after:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await engine.unload(call.handle)
+                except Exception:
+                    log.exception("unloading %s after a keep_alive 0 request failed", call.handle.name)
+
+    def final(text: str, finished: Finished) -> dict[str, Any]:
+        total_ns = time.perf_counter_ns() - call.started_ns
+        return shape.final(text, final_fields(finished, total_ns, load_ns, shape.with_context))
+
+    receive = call.request.receive
+    if not call.body.stream:
+        try:
+            collected = await until_disconnect(receive, lambda: _collect(events))
+        finally:
+            await release()
+        if collected is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(final(*collected))
+
+    try:
+        first = await until_disconnect(receive, lambda: anext(events))
+    except StopAsyncIteration:
+        await release()
+        raise EngineError(INCOMPLETE) from None
+    except BaseException:
+        await release()
+        raise
+    if first is None:
+        await release()
+        return Response(status_code=CLIENT_CLOSED)
+    return NDJSONResponse(_lines(first, events, shape, final, release))
+
+
+async def _collect(events: AsyncIterator[GenerationEvent]) -> tuple[str, Finished]:
+    parts: list[str] = []
+    async for event in events:
+        if isinstance(event, Finished):
+            return "".join(parts), event
+        parts.append(event.text)
+    raise EngineError(INCOMPLETE)
+
+
+async def _lines(
+    first: GenerationEvent,
+    events: AsyncIterator[GenerationEvent],
+    shape: Shape,
+    final: Callable[[str, Finished], dict[str, Any]],
+    release: Callable[[], Any],
+) -> AsyncIterator[bytes]:
+    try:
+        if isinstance(first, Finished):
+            yield dumps_line(final("", first))
+            return
+        yield shape.line(first.text)
+        async for event in events:
+            if isinstance(event, Finished):
+                yield dumps_line(final("", event))
+                return
+            yield shape.line(event.text)
+        raise EngineError(INCOMPLETE)
+    finally:
+        await release()

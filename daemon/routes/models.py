@@ -1,0 +1,190 @@
+"""``/``, ``/api/version``, ``/api/tags`` and ``/api/show`` (reference §4.1–§4.3, §4.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from daemon import OLLAMA_COMPAT_VERSION
+from daemon.durations import go_quote
+from daemon.errors import ApiError
+from daemon.ndjson import JSONResponse
+from daemon.routes import INVALID_MODEL_NAME, find_model, services
+from daemon.schemas import ShowBody
+from registry.names import InvalidName, parse_name
+from registry.store import InstalledModel, ModelConfig
+
+# Keys Ollama removes from model_info; arrays longer than this become [] unless verbose.
+_HIDDEN_INFO_KEYS = ("general.name", "tokenizer.chat_template")
+_MAX_INFO_ARRAY = 5
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": OLLAMA_COMPAT_VERSION})
+
+
+def local_time(stamp: datetime) -> str:
+    """RFC 3339 in local time with its offset, as Ollama writes ``modified_at``."""
+    return stamp.astimezone().isoformat()
+
+
+def details(config: ModelConfig, with_lengths: bool) -> dict[str, Any]:
+    """ModelDetails: six keys always present; the lengths (``/api/tags`` only) when known."""
+    out: dict[str, Any] = {
+        "parent_model": config.parent_model,
+        "format": config.format,
+        "family": config.family,
+        "families": config.families,
+        "parameter_size": config.parameter_size,
+        "quantization_level": config.quantization_level,
+    }
+    if with_lengths:
+        if config.context_length:
+            out["context_length"] = config.context_length
+        if config.embedding_length:
+            out["embedding_length"] = config.embedding_length
+    return out
+
+
+def tag_entry(model: InstalledModel) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": model.display,
+        "model": model.display,
+        "modified_at": local_time(model.modified_at),
+        "size": model.size,
+        "digest": model.digest,
+        "details": details(model.config, with_lengths=True),
+    }
+    if model.config.capabilities:
+        entry["capabilities"] = list(model.config.capabilities)
+    return entry
+
+
+async def tags(request: Request) -> Response:
+    models = await run_in_threadpool(services(request).store.list)
+    return JSONResponse({"models": [tag_entry(model) for model in models]})
+
+
+async def show(request: Request) -> Response:
+    body = await ShowBody.read(request)
+    if not body.model:
+        raise ApiError("model is required")
+    try:
+        name = parse_name(body.model.strip())
+    except InvalidName:
+        raise ApiError(INVALID_MODEL_NAME) from None
+    model = await find_model(services(request).store, body.model)
+    if model is None:
+        raise ApiError(f"model '{name.display()}' not found", 404)
+    return JSONResponse(await run_in_threadpool(show_response, model, body))
+
+
+def show_response(model: InstalledModel, body: ShowBody) -> dict[str, Any]:
+    """``api.ShowResponse``; empty strings and lists are omitted, ``model_info`` never is."""
+    config = model.config
+    if body.system:
+        config = dataclasses.replace(config, system=body.system)
+    parameters = render_parameters(config.parameters)
+    if body.options:  # shown in the Modelfile, not in "parameters" (as Ollama does)
+        config = dataclasses.replace(config, parameters={**config.parameters, **body.options})
+    out: dict[str, Any] = {
+        "license": "\n".join(config.license),
+        "modelfile": render_modelfile(dataclasses.replace(model, config=config)),
+        "parameters": parameters,
+        "template": config.template or tokenizer_chat_template(model.path),
+        "system": config.system,
+    }
+    out = {key: value for key, value in out.items() if value}
+    out["details"] = details(config, with_lengths=False)
+    if config.messages:
+        out["messages"] = [
+            {"role": m.get("role", ""), "content": m.get("content", "")} for m in config.messages
+        ]
+    out["model_info"] = {
+        key: [] if isinstance(value, list) and len(value) > _MAX_INFO_ARRAY and not body.verbose else value
+        for key, value in config.model_info.items()
+        if key not in _HIDDEN_INFO_KEYS
+    }
+    if config.capabilities:
+        out["capabilities"] = list(config.capabilities)
+    out["modified_at"] = local_time(model.modified_at)
+    return out
+
+
+def tokenizer_chat_template(path: Path) -> str:
+    """The chat template of an MLX model directory: ``tokenizer_config.json``'s
+    ``chat_template`` (a string, or a list of named templates), else ``chat_template.jinja``."""
+    try:
+        data = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next((t for t in named.values() if isinstance(t, str)), None)
+    if isinstance(template, str) and template:
+        return template
+    try:
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def render_modelfile(model: InstalledModel) -> str:
+    try:
+        from registry.modelfile import render_modelfile as render
+    except ImportError:
+        return _minimal_modelfile(model)
+    return render(model)
+
+
+def render_parameters(params: dict[str, Any]) -> str:
+    try:
+        from registry.modelfile import render_parameters as render
+    except ImportError:
+        return "\n".join(
+            f"{key:<30} {_go_value(value)}" for key, values in params.items() for value in _each(values)
+        )
+    return render(params)
+
+
+def _each(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _go_value(value: Any) -> str:
+    """Go's ``%#v`` for the JSON scalars a parameter can hold."""
+    if isinstance(value, str):
+        return go_quote(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _minimal_modelfile(model: InstalledModel) -> str:
+    """Used only while ``registry.modelfile`` is not installed."""
+    config = model.config
+    lines = ['# Modelfile generated by "ollama show"', f"FROM {model.display}"]
+    if config.template:
+        lines.append(f'TEMPLATE """{config.template}"""')
+    if config.system:
+        lines.append(f'SYSTEM """{config.system}"""')
+    lines.extend(
+        f"PARAMETER {key} {_go_value(value)}"
+        for key, values in config.parameters.items()
+        for value in _each(values)
+    )
+    lines.extend(f"MESSAGE {m.get('role', '')} {m.get('content', '')}" for m in config.messages)
+    lines.extend(f'LICENSE """{text}"""' for text in config.license)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""A scripted :class:`~daemon.engine.Engine` for HTTP tests, in the spirit of httpx's MockTransport.
+
+A script is a list of steps replayed for each generation: :class:`~daemon.engine.TextChunk`
+and :class:`~daemon.engine.Finished` are yielded, an :class:`~daemon.engine.EngineError` is
+raised, a :class:`Delay` sleeps. The script may also be a function of the model and request.
+The engine records what it was asked: ``loads``, ``unloads``, and one
+:class:`GenerationRecord` per generation (the request, what was sent, how it ended)::
+
+    engine = ScriptedEngine([TextChunk("Hi"), Delay(0.01), Finished("stop", 3, 10, 1, 10)])
+    app = create_app(settings, engine, store)
+    ...
+    assert engine.generations[0].request.messages[-1]["content"] == "hello"
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from daemon.engine import (
+    EngineError,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    LoadedModel,
+    ModelHandle,
+    TextChunk,
+)
+
+
+@dataclass(frozen=True)
+class Delay:
+    seconds: float
+
+
+Step = TextChunk | Finished | EngineError | Delay
+Script = Sequence[Step] | Callable[[ModelHandle, GenerationRequest], Sequence[Step]]
+
+
+def default_script(model: ModelHandle, request: GenerationRequest) -> list[Step]:
+    """Two chunks, then a finish with metrics (and token ids when the request wants them)."""
+    return [
+        TextChunk("Hello"),
+        TextChunk(" world"),
+        Finished(
+            done_reason="stop",
+            prompt_eval_count=5,
+            prompt_eval_duration_ns=1_000_000,
+            eval_count=2,
+            eval_duration_ns=2_000_000,
+            context=[1, 2, 3] if request.return_context else None,
+        ),
+    ]
+
+
+@dataclass
+class GenerationRecord:
+    model: ModelHandle
+    request: GenerationRequest
+    events_sent: int = 0
+    completed: bool = False  # the Finished event (or the whole script) was sent
+    failed: bool = False  # the script raised an EngineError
+    closed_early: bool = False  # the consumer closed or cancelled the stream before the end
+
+
+class ScriptedEngine:
+    def __init__(
+        self,
+        script: Script | None = None,
+        *,
+        load_seconds: float = 0.25,
+        load_error: EngineError | None = None,
+    ) -> None:
+        self.script: Script = default_script if script is None else script
+        self.load_seconds = load_seconds
+        self.load_error = load_error
+        self.loads: list[ModelHandle] = []
+        self.unloads: list[ModelHandle] = []
+        self.generations: list[GenerationRecord] = []
+        self.closed = False
+        self._loaded: dict[str, ModelHandle] = {}
+
+    @property
+    def requests(self) -> list[GenerationRequest]:
+        return [record.request for record in self.generations]
+
+    async def load(self, model: ModelHandle) -> float:
+        self.loads.append(model)
+        if self.load_error is not None:
+            raise self.load_error
+        self._loaded[model.digest] = model
+        return self.load_seconds
+
+    async def generate(
+        self, model: ModelHandle, request: GenerationRequest
+    ) -> AsyncIterator[GenerationEvent]:
+        record = GenerationRecord(model, request)
+        self.generations.append(record)
+        steps = self.script(model, request) if callable(self.script) else self.script
+        try:
+            for step in steps:
+                if isinstance(step, Delay):
+                    await anyio.sleep(step.seconds)
+                elif isinstance(step, EngineError):
+                    record.failed = True
+                    raise step
+                else:
+                    if isinstance(step, Finished):
+                        record.completed = True
+                    yield step
+                    record.events_sent += 1
+            record.completed = True
+        except (GeneratorExit, anyio.get_cancelled_exc_class()):
+            record.closed_early = not record.completed
+            raise
+
+    async def unload(self, model: ModelHandle) -> None:
+        self.unloads.append(model)
+        self._loaded.pop(model.digest, None)
+
+    def loaded(self) -> list[LoadedModel]:
+        return [
+            LoadedModel(m.name, m.digest, memory_bytes=1 << 20, context_length=4096)
+            for m in self._loaded.values()
+        ]
+
+    async def close(self) -> None:
+        self.closed = True
+        self._loaded.clear()
