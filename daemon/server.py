@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -11,6 +12,14 @@ from daemon.app import create_app
 from daemon.config import Settings
 from daemon.pool import WorkerPool
 from registry.store import Store
+
+
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after shutting down, so the process would die of
+        # it; a SIGTERM or Ctrl-C is the normal way to stop a service: exit 0 instead.
+        self._captured_signals.clear()
 
 
 def serve(settings: Settings) -> int:
@@ -30,7 +39,7 @@ def serve(settings: Settings) -> int:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     # uvicorn exits quietly when it cannot bind; say why the process failed.
     return 0 if server.started else 1

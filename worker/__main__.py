@@ -114,4 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stderr.flush()
+    # Skip interpreter teardown: MLX's C++ runtime aborts ("terminate called without an
+    # active exception") when its thread-local streams are destroyed at exit.
+    os._exit(status)
