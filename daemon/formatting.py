@@ -28,8 +28,15 @@ def human_since(stamp: str, now: datetime | None = None) -> str:
     seconds = int(((now or datetime.now(timezone.utc)) - then).total_seconds())
     if seconds < 1:
         return "Less than a second ago"
-    for size, unit in ((31536000, "year"), (2592000, "month"), (604800, "week"), (86400, "day"),
-                       (3600, "hour"), (60, "minute"), (1, "second")):
+    for size, unit in (
+        (31536000, "year"),
+        (2592000, "month"),
+        (604800, "week"),
+        (86400, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ):
         if seconds >= size:
             count = seconds // size
             if count == 1:
@@ -40,6 +47,9 @@ def human_since(stamp: str, now: datetime | None = None) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns separated by at least three spaces, like Ollama's tabwriter."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["   ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [headers, *rows]]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    lines = [
+        "   ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip()
+        for line in [headers, *rows]
+    ]
     return "\n".join(lines)

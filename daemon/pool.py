@@ -8,9 +8,10 @@ queue limits) builds on this class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from daemon.engine import (
     EngineError,
@@ -68,9 +69,11 @@ class WorkerPool:
         self._workers[model.digest] = worker
         return worker
 
-    async def generate(self, model: ModelHandle, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(
+        self, model: ModelHandle, request: GenerationRequest
+    ) -> AsyncIterator[GenerationEvent]:
         worker = await self._worker(model)
-        stream = worker.generate(request)
+        stream: AsyncGenerator[GenerationEvent, None] = worker.generate(request)
         try:
             async for event in stream:
                 yield event
@@ -80,10 +83,8 @@ class WorkerPool:
     async def unload(self, model: ModelHandle) -> None:
         task = self._loading.get(model.digest)
         if task is not None:
-            try:
+            with contextlib.suppress(EngineError):
                 await asyncio.shield(task)
-            except EngineError:
-                pass
         worker = self._workers.pop(model.digest, None)
         if worker is not None:
             log.info("unloading %s", model.name)

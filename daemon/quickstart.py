@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.cli import CLIError, Client
+from daemon.cli import Client, CLIError
 from daemon.config import Settings
 
 DEFAULT_MODEL = "smollm2:135m"

@@ -10,13 +10,14 @@ reaches the daemon only; the daemon then stops its workers itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from daemon.engine import (
@@ -117,10 +118,9 @@ class WorkerProcess:
         except Exception:
             log.exception("event reader for %s failed", self.model.name)
         finally:
-            try:
+            # A closed loop means the daemon is exiting: nothing left to tell.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._on_exit)
-            except RuntimeError:
-                pass  # the loop is closed: the daemon is exiting
 
     def _dispatch(self, batch: list[bytes]) -> None:
         for payload in batch:
@@ -167,7 +167,7 @@ class WorkerProcess:
         except (BrokenPipeError, OSError, ValueError):
             raise EngineError(RUNNER_STOPPED) from None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         request_id = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[request_id] = queue
@@ -200,10 +200,8 @@ class WorkerProcess:
             del self._pending[request_id]
             self.last_used = time.monotonic()
             if not finished and self.alive:
-                try:
+                with contextlib.suppress(EngineError):
                     self._send({"op": "cancel", "id": request_id})
-                except EngineError:
-                    pass
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the worker to exit, kill it after ``grace`` seconds, release everything."""

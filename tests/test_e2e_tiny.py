@@ -84,7 +84,9 @@ def test_stop_string_is_not_emitted(client: ollama.Client) -> None:
     if len(text) < 6:
         pytest.skip("the random model ended too early to pick a stop string")
     stop = text[3:6]
-    cut = client.generate(model=TINY, prompt="Tell me", options={"temperature": 0, "num_predict": 24, "stop": [stop]})
+    cut = client.generate(
+        model=TINY, prompt="Tell me", options={"temperature": 0, "num_predict": 24, "stop": [stop]}
+    )
     assert cut.response == text[: text.index(stop)]
     assert cut.done_reason == "stop"
 

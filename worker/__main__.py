@@ -8,11 +8,13 @@ their events to the transport. EOF on stdin means the daemon is gone: the worker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import queue
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from worker import protocol
@@ -47,7 +49,7 @@ class Worker:
                 self.cancelled.discard(request_id)
                 continue
             try:
-                generator.run(job, self.writer, lambda: self.stopping or request_id in self.cancelled)
+                generator.run(job, self.writer, partial(self.is_cancelled, request_id))
             except BrokenPipeError:
                 return
             except Exception as exc:
@@ -55,6 +57,9 @@ class Worker:
                 self._emit(protocol.error(request_id, str(exc) or type(exc).__name__, 500))
             finally:
                 self.cancelled.discard(request_id)
+
+    def is_cancelled(self, request_id: int) -> bool:
+        return self.stopping or request_id in self.cancelled
 
     def _emit(self, payload: bytes) -> None:
         self.writer.send(payload)
@@ -106,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.stopping = True  # cancels the generation in flight, if any
     worker.jobs.put(None)
     thread.join(timeout=10)
-    try:
+    with contextlib.suppress(OSError):  # the reader is gone already
         writer.close()
-    except OSError:  # the reader is gone already
-        pass
     return 0
 
 

@@ -32,14 +32,16 @@ class Generator:
 
     def __init__(self, model_dir: Path) -> None:
         started = time.perf_counter()
-        self.model, self.tokenizer = load_model(str(model_dir))
+        loaded: tuple[Any, Any] = load_model(str(model_dir))  # type: ignore[assignment]
+        self.model, self.tokenizer = loaded
         self.eos_ids = set(self.tokenizer.eos_token_ids)
         self._warm_up()
         self.load_seconds = time.perf_counter() - started
         self.context_length = _context_length(self.model)
 
     def info(self) -> ModelInfo:
-        weights = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+        params: list[tuple[str, Any]] = tree_flatten(self.model.parameters())  # type: ignore[assignment]
+        weights = sum(v.nbytes for _, v in params)
         return {
             "load_seconds": self.load_seconds,
             "context_length": self.context_length,
@@ -103,7 +105,8 @@ class Generator:
         first_at = started
         if max_tokens > 0:
             steps = generate_step(mx.array(prompt), self.model, max_tokens=max_tokens, sampler=sampler)
-            for token, _ in steps:
+            for step, _ in steps:
+                token = int(step)
                 if not generated:
                     first_at = time.perf_counter_ns()
                 if token in self.eos_ids:

@@ -10,7 +10,7 @@ stays cheap (one ``orjson.dumps`` of a three-key dict).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 import orjson
 
@@ -151,4 +151,4 @@ def decode_event(payload: bytes) -> Event:
     obj: Any = orjson.loads(payload)
     if not isinstance(obj, dict) or obj.get("t") not in (READY, TEXT, DONE, ERROR):
         raise ValueError(f"not a worker event: {payload[:80]!r}")
-    return obj  # type: ignore[no-any-return]
+    return cast(Event, obj)
