@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,18 +109,16 @@ def start_daemon(home: Path, ipc: str = "shm", extra_env: dict[str, str] | None 
     raise RuntimeError(f"daemon did not start:\n{daemon.logs()}")
 
 
-@pytest.fixture(scope="module", params=["shm", "stdio"])
-def tiny_daemon(
-    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Daemon]:
-    """A real daemon (one per IPC build) with the tiny model installed as ``tiny``."""
+@contextmanager
+def daemon_with_tiny(home: Path, model_dir: Path, ipc: str = "shm") -> Iterator[Daemon]:
+    """A real daemon with the tiny model installed as ``tiny``; on exit, checks that it
+    stopped cleanly and left no process, no shared memory and no traceback behind."""
     before = shm_entries()
-    home = tmp_path_factory.mktemp(f"home-{request.param}")
-    daemon = start_daemon(home, ipc=request.param)
+    daemon = start_daemon(home, ipc=ipc)
     try:
         response = httpx.post(
             daemon.url + "/api/create",
-            json={"model": TINY, "from": str(tiny_model_dir), "stream": False},
+            json={"model": TINY, "from": str(model_dir), "stream": False},
             timeout=60,
         )
         assert response.status_code == 200, response.text
@@ -131,3 +130,13 @@ def tiny_daemon(
         assert "Traceback" not in logs, logs
         assert processes_mentioning(str(home)) == []
         assert shm_entries() - before == set()
+
+
+@pytest.fixture(scope="module", params=["shm", "stdio"])
+def tiny_daemon(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """A real daemon per IPC build, with the tiny model installed."""
+    home = tmp_path_factory.mktemp(f"home-{request.param}")
+    with daemon_with_tiny(home, tiny_model_dir, request.param) as daemon:
+        yield daemon
