@@ -22,11 +22,10 @@ The model **digest** is the sha256 hex of the manifest bytes, so two tags with t
 content share one digest and one model directory. **size** is the sum of the layer sizes
 plus the config size; ``modified_at`` is the manifest's mtime.
 
-Crash safety: blobs and manifests are written to a temporary file, fsynced and renamed;
-the manifest is written last, so a tag never points at missing blobs. Model directories
-are a derived view: built at create time, rebuilt by :meth:`Store.resolve` when missing.
-Garbage collection (unreferenced blobs and model dirs) needs the exclusive lock and is
-skipped, not waited for, while any writer holds the shared one.
+Blobs and manifests are written to a temporary file, fsynced and renamed; the manifest
+comes last, so a tag never points at missing blobs. Model directories are a derived view,
+rebuilt by :meth:`Store.resolve` when missing. Garbage collection needs the exclusive lock
+and is skipped, not waited for, while a writer holds the shared one.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ CONFIG_MEDIA_TYPE = "application/vnd.mlxd.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.mlxd.file"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 
-_DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
+_DIGEST_RE = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")  # used with fullmatch
 _CHUNK = 1 << 20
 
 
@@ -133,7 +132,7 @@ class InstalledModel:
 
 def blob_hex(digest: str) -> str:
     """The lower-case hex of ``sha256:<hex>`` or ``sha256-<hex>``; ValueError otherwise."""
-    m = _DIGEST_RE.match(digest)
+    m = _DIGEST_RE.fullmatch(digest)
     if m is None:
         raise ValueError("invalid digest format")
     return m.group(1).lower()
@@ -141,16 +140,10 @@ def blob_hex(digest: str) -> str:
 
 def safe_relpath(name: str) -> PurePosixPath:
     """A manifest filename as a relative path that stays inside its directory."""
-    p = PurePosixPath(name)
-    if (
-        not name
-        or "\x00" in name
-        or "\\" in name
-        or p.is_absolute()
-        or any(part in ("", ".", "..") for part in name.split("/"))
-    ):
+    # An empty component also rules out absolute paths ("/x") and "a//b".
+    if "\x00" in name or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
         raise StoreError(f"unsafe file name in manifest: {name!r}")
-    return p
+    return PurePosixPath(name)
 
 
 def iter_source_files(source_dir: Path) -> list[tuple[str, Path]]:
@@ -174,12 +167,12 @@ def iter_source_files(source_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
             os.fsync(fd)
-        finally:
-            os.close(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -217,14 +210,10 @@ class Store:
         try:
             try:
                 fcntl.flock(fd, mode)
-                acquired = True
             except BlockingIOError:
-                acquired = False
-            try:
-                yield acquired
-            finally:
-                if acquired:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                yield False
+                return
+            yield True  # closing the descriptor releases the lock
         finally:
             os.close(fd)
 
@@ -279,11 +268,8 @@ class Store:
             model = self._load(name)
             with self.writing():  # keeps gc away from a half-built model directory
                 self._ensure_model_dir(model)
-        except FileNotFoundError as e:
-            if e.filename == str(self.manifest_path(name)):
-                return None  # deleted meanwhile
-            log.warning("model %s is broken: %s", name.display(), e)
-            return None
+        except FileNotFoundError:
+            return None  # deleted meanwhile (a missing blob is a StoreError)
         except (OSError, ValueError, StoreError) as e:
             log.warning("model %s is broken: %s", name.display(), e)
             return None
@@ -341,7 +327,10 @@ class Store:
         try:
             doc = json.loads(raw)
             cfg = doc["config"]
-            config_blob = self.blob_path(cfg["digest"]).read_bytes()
+            try:
+                config_blob = self.blob_path(cfg["digest"]).read_bytes()
+            except FileNotFoundError:
+                raise StoreError(f"missing config blob {cfg['digest']}") from None
             config = ModelConfig.from_json(json.loads(config_blob))
             layers: builtins.list[Layer] = []
             seen: set[str] = set()
@@ -434,9 +423,7 @@ class Store:
         fd, tmp_name = tempfile.mkstemp(prefix="blob-", dir=self.tmp_dir)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        digest, size, _ = self.add_blob(Path(tmp_name), move=True)
+        digest, size, _ = self.add_blob(Path(tmp_name), move=True)  # fsyncs before the rename
         return digest, size
 
     def write_manifest(self, name: ModelName, layers: Iterable[Layer], config: ModelConfig) -> InstalledModel:
@@ -470,8 +457,14 @@ class Store:
     def _write_manifest_bytes(self, name: ModelName, raw: bytes) -> float:
         """Write atomically; returns the new file's mtime."""
         path = self.manifest_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
+        for attempt in range(3):  # a concurrent delete may prune the empty directory meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(raw)
@@ -514,14 +507,12 @@ class Store:
         """Give ``src`` a second name (same manifest bytes, so the same digest). None if
         ``src`` is not installed. Raises InvalidName (parse the names first to know which
         one is invalid)."""
-        src_name = parse_name(src) if isinstance(src, str) else src
-        dst_name = parse_name(dst) if isinstance(dst, str) else dst
-        src_name = self.canonical(src_name)
-        path = self.manifest_path(src_name)
-        if not path.is_file():
+        src_name = self.canonical(parse_name(src) if isinstance(src, str) else src)
+        dst_name = self.canonical(parse_name(dst) if isinstance(dst, str) else dst)
+        try:
+            raw = self.manifest_path(src_name).read_bytes()
+        except FileNotFoundError:
             return None
-        raw = path.read_bytes()
-        dst_name = self.canonical(dst_name)
         with self.writing():
             self._write_manifest_bytes(dst_name, raw)
         return self.resolve(dst_name)
@@ -567,7 +558,7 @@ class Store:
                     complete = False
             removed = 0
             for entry in _scandir(self.blobs_dir):
-                m = _DIGEST_RE.match(entry.name)
+                m = _DIGEST_RE.fullmatch(entry.name)
                 if complete and m is not None and m.group(1).lower() not in blobs:
                     Path(entry.path).unlink(missing_ok=True)
                     removed += 1

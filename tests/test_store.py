@@ -297,7 +297,7 @@ def test_digest_helpers(store: Store) -> None:
     h = "ab" * 32
     assert blob_hex(f"sha256:{h}") == h
     assert blob_hex(f"sha256-{h.upper()}") == h
-    for bad in ("sha256:xyz", "md5:" + h, "sha256:" + h + "/..", h):
+    for bad in ("sha256:xyz", "md5:" + h, "sha256:" + h + "/..", h, f"sha256:{h}\n"):
         with pytest.raises(ValueError):
             store.blob_path(bad)
 
