@@ -155,15 +155,10 @@ def iter_source_files(source_dir: Path) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(source_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in filenames:
-            if fname.startswith("."):
-                continue
-            path = Path(dirpath) / fname
-            if not path.is_file():  # follows symlinks; skips sockets, dangling links
-                continue
-            out.append((path.relative_to(source_dir).as_posix(), path))
-    out.sort()
-    return out
+        for path in (Path(dirpath) / f for f in filenames if not f.startswith(".")):
+            if path.is_file():  # follows symlinks; skips sockets and dangling links
+                out.append((path.relative_to(source_dir).as_posix(), path))
+    return sorted(out)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -289,12 +284,12 @@ class Store:
         models.sort(key=lambda m: m.modified_at, reverse=True)
         return models
 
-    def _manifest_names(self) -> Iterator[ModelName]:
+    def _manifest_names(self, strict: bool = False) -> Iterator[ModelName]:
         # scandir, not glob: directories may vanish under a concurrent delete.
-        for host in _scandir(self.manifests_dir):
-            for ns in _scandir(Path(host.path)):
-                for model in _scandir(Path(ns.path)):
-                    for tag in _scandir(Path(model.path)):
+        for host in _scandir(self.manifests_dir, strict):
+            for ns in _scandir(Path(host.path), strict):
+                for model in _scandir(Path(ns.path), strict):
+                    for tag in _scandir(Path(model.path), strict):
                         if tag.name.startswith(".") or not tag.is_file():
                             continue  # a manifest being written
                         name = name_from_parts(host.name, ns.name, model.name, tag.name)
@@ -545,29 +540,29 @@ class Store:
                 return 0
             blobs: set[str] = set()
             models: set[str] = set()
-            complete = True
-            for name in self._manifest_names():
-                try:
+            removed = 0
+            for entry in _scandir(self.tmp_dir):
+                _remove(Path(entry.path))
+            # Anything unreadable could reference any blob: then nothing else is removed.
+            try:
+                for name in self._manifest_names(strict=True):
                     raw = self.manifest_path(name).read_bytes()
                     doc = json.loads(raw)
                     blobs.add(blob_hex(doc["config"]["digest"]))
                     blobs.update(blob_hex(item["digest"]) for item in doc["layers"])
                     models.add(hashlib.sha256(raw).hexdigest())
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    log.warning("gc: unreadable manifest %s, keeping all blobs: %s", name.full(), e)
-                    complete = False
-            removed = 0
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("gc skipped, the manifests could not all be read: %r", e)
+                return removed
             for entry in _scandir(self.blobs_dir):
                 m = _DIGEST_RE.fullmatch(entry.name)
-                if complete and m is not None and m.group(1).lower() not in blobs:
+                if m is not None and m.group(1).lower() not in blobs:
                     Path(entry.path).unlink(missing_ok=True)
                     removed += 1
             for entry in _scandir(self.models_dir):
                 if entry.name not in models:
                     _remove(Path(entry.path))
                     removed += 1
-            for entry in _scandir(self.tmp_dir):
-                _remove(Path(entry.path))
             return removed
 
     @contextlib.contextmanager
@@ -582,12 +577,18 @@ class Store:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _scandir(path: Path) -> list[os.DirEntry[str]]:
-    """Sorted entries of a directory; none if it is missing or not a directory."""
+def _scandir(path: Path, strict: bool = False) -> list[os.DirEntry[str]]:
+    """Sorted entries of a directory; none if it is missing or not a directory (or, unless
+    ``strict``, unreadable)."""
     try:
         with os.scandir(path) as it:
             return sorted(it, key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:  # e.g. permissions: report, but keep listing the rest
+        if strict:
+            raise
+        log.warning("cannot read %s: %s", path, e)
         return []
 
 
