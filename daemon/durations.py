@@ -61,6 +61,20 @@ def _leading_digits(s: str, i: int) -> int:
     return i
 
 
+def _leading_fraction(digits: str) -> tuple[int, float]:
+    """Go's ``leadingFraction``: the digits as an integer and its scale, ignoring the digits
+    that would overflow (float64 arithmetic as in Go, so results match to the nanosecond)."""
+    value, scale = 0, 1.0
+    for ch in digits:
+        if value > ((1 << 63) - 1) // 10:
+            break
+        candidate = value * 10 + ord(ch) - 48
+        if candidate > _MAX_UINT63:
+            break
+        value, scale = candidate, scale * 10
+    return value, scale
+
+
 def parse_go_duration(text: str) -> int:
     """Parse a Go ``time.ParseDuration`` string into nanoseconds.
 
@@ -106,8 +120,8 @@ def parse_go_duration(text: str) -> int:
             raise _invalid(orig)
         value = whole * unit
         if frac_digits:
-            frac_digits = frac_digits[:18]  # Go stops accumulating digits before uint64 overflow
-            value += int(int(frac_digits) * (unit / 10 ** len(frac_digits)))
+            fraction, scale = _leading_fraction(frac_digits)
+            value += int(float(fraction) * (float(unit) / scale))
         total += value
         if total > _MAX_UINT63:
             raise _invalid(orig)

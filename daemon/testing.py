@@ -14,8 +14,11 @@ The engine records what it was asked: ``loads``, ``unloads``, and one
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
@@ -28,6 +31,10 @@ from daemon.engine import (
     ModelHandle,
     TextChunk,
 )
+from registry.names import parse_name
+from registry.store import InstalledModel, ModelConfig, Store
+
+FAKE_CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ def default_script(model: ModelHandle, request: GenerationRequest) -> list[Step]
 class GenerationRecord:
     model: ModelHandle
     request: GenerationRequest
-    events_sent: int = 0
+    events_sent: int = 0  # events handed to the consumer
     completed: bool = False  # the Finished event (or the whole script) was sent
     failed: bool = False  # the script raised an EngineError
     closed_early: bool = False  # the consumer closed or cancelled the stream before the end
@@ -109,8 +116,8 @@ class ScriptedEngine:
                 else:
                     if isinstance(step, Finished):
                         record.completed = True
-                    yield step
                     record.events_sent += 1
+                    yield step
             record.completed = True
         except (GeneratorExit, anyio.get_cancelled_exc_class()):
             record.closed_early = not record.completed
@@ -129,3 +136,21 @@ class ScriptedEngine:
     async def close(self) -> None:
         self.closed = True
         self._loaded.clear()
+
+
+def install_fake_model(
+    store: Store,
+    name: str = "tiny",
+    config: ModelConfig | None = None,
+    chat_template: str = FAKE_CHAT_TEMPLATE,
+) -> InstalledModel:
+    """Install a model whose directory holds only small stand-in files (nothing can run it).
+
+    Enough for everything the HTTP layer reads: the manifest, the config, the chat template.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp)
+        (source / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+        (source / "tokenizer_config.json").write_text(json.dumps({"chat_template": chat_template}))
+        (source / "model.safetensors").write_bytes(b"\0" * 64)
+        return store.create(parse_name(name), source, config or ModelConfig())

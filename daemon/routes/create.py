@@ -16,47 +16,35 @@ from starlette.responses import Response
 
 from daemon.errors import ApiError
 from daemon.ndjson import JSONResponse, NDJSONResponse, dumps_line, error_line, error_response
-from daemon.routes import INVALID_MODEL_NAME, services
+from daemon.routes import services
 from daemon.schemas import Fields, read_json
-from registry.names import InvalidName, parse_name
 from registry.store import Store
 
 if TYPE_CHECKING:
     from registry.create import CreateRequest
 
 NOT_SUPPORTED_YET = "{} is not supported yet; create from an installed model with 'from'"
-NO_SOURCE = "neither 'from' or 'files' was specified"
 _DONE = object()
 
 
 def parse_create(fields: Fields) -> CreateRequest:
+    """The request as ``registry.create`` takes it; the name and the source are checked there."""
     from registry.create import CreateRequest
 
-    name = fields.model_name()
-    try:
-        parse_name(name.strip())
-    except InvalidName:
-        raise ApiError(INVALID_MODEL_NAME) from None
     for key in ("files", "adapters"):
         if fields.mapping(key):
             raise ApiError(NOT_SUPPORTED_YET.format(f"'{key}'"))
     if fields.string("quantize") or fields.string("quantization"):
         raise ApiError(NOT_SUPPORTED_YET.format("quantization"))
-    source = fields.string("from")
-    if not source:
-        raise ApiError(NO_SOURCE)
     license_value = fields.raw("license")
-    licenses = (
-        [license_value] if isinstance(license_value, str) and license_value else fields.string_list("license")
-    )
     return CreateRequest(
-        model=name.strip(),
-        from_=source,
+        model=fields.model_name().strip(),
+        from_=fields.string("from"),
         template=fields.string("template"),
         system=fields.string("system"),
         parameters=fields.mapping("parameters") or {},
         messages=[{"role": m.role, "content": m.content} for m in fields.messages()],
-        license=licenses,
+        license=[license_value] if isinstance(license_value, str) else fields.string_list("license"),
     )
 
 
