@@ -7,7 +7,7 @@ streamed as NDJSON (``stream: false``: only the last one, as ``application/json`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -18,10 +18,8 @@ from daemon.errors import ApiError
 from daemon.ndjson import JSONResponse, NDJSONResponse, dumps_line, error_line, error_response
 from daemon.routes import services
 from daemon.schemas import Fields, read_json
+from registry.create import CreateError, CreateRequest, create_model
 from registry.store import Store
-
-if TYPE_CHECKING:
-    from registry.create import CreateRequest
 
 NOT_SUPPORTED_YET = "{} is not supported yet; create from an installed model with 'from'"
 _DONE = object()
@@ -29,8 +27,6 @@ _DONE = object()
 
 def parse_create(fields: Fields) -> CreateRequest:
     """The request as ``registry.create`` takes it; the name and the source are checked there."""
-    from registry.create import CreateRequest
-
     for key in ("files", "adapters"):
         if fields.mapping(key):
             raise ApiError(NOT_SUPPORTED_YET.format(f"'{key}'"))
@@ -49,8 +45,6 @@ def parse_create(fields: Fields) -> CreateRequest:
 
 
 async def create(request: Request) -> Response:
-    from registry.create import CreateError, create_model
-
     fields = await read_json(request, "CreateRequest")
     req = parse_create(fields)
     stream = fields.boolean("stream", default=True)
@@ -58,7 +52,7 @@ async def create(request: Request) -> Response:
 
     if not stream:
         try:
-            last = await run_in_threadpool(_last, create_model, store, req)
+            last = await run_in_threadpool(_last, store, req)
         except CreateError as exc:
             return error_response(exc.message, exc.status)
         return JSONResponse(last, media_type="application/json")
@@ -72,26 +66,24 @@ async def create(request: Request) -> Response:
     except BaseException:
         await _close(progress)
         raise
-    return NDJSONResponse(_lines(first, progress, CreateError))
+    return NDJSONResponse(_lines(first, progress))
 
 
-def _last(create_model: Any, store: Store, req: CreateRequest) -> dict[str, Any]:
+def _last(store: Store, req: CreateRequest) -> dict[str, Any]:
     last: dict[str, Any] = {}
     for item in create_model(store, req):
         last = item
     return last
 
 
-async def _lines(
-    first: Any, progress: Iterator[dict[str, Any]], error_type: type[Exception]
-) -> AsyncIterator[bytes]:
+async def _lines(first: Any, progress: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     item = first
     try:
         while item is not _DONE:
             yield dumps_line(item)
             item = await run_in_threadpool(next, progress, _DONE)
-    except error_type as exc:
-        yield error_line(getattr(exc, "message", str(exc)))
+    except CreateError as exc:
+        yield error_line(exc.message)
     finally:
         await _close(progress)
 
