@@ -214,3 +214,14 @@ def test_tokenizer_chat_template(tmp_path: Path) -> None:
     assert tokenizer_chat_template(tmp_path) == "S"
     (tmp_path / "tokenizer_config.json").write_text("not json")
     assert tokenizer_chat_template(tmp_path) == "from jinja file"
+
+
+def test_shutdown_closes_the_engine(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    engine = ScriptedEngine()
+    app = create_app(Settings(home=tmp_path), engine, Store(tmp_path / "store"))
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        assert not engine.closed
+    assert engine.closed
