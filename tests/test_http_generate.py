@@ -273,11 +273,16 @@ async def test_load_failure(client: httpx.AsyncClient, engine: ScriptedEngine) -
 
 async def test_zero_metrics_are_omitted(client: httpx.AsyncClient, engine: ScriptedEngine) -> None:
     engine.script = [TextChunk("a"), Finished("length", 0, 0, 1, 0)]
-    engine.load_seconds = 0.0
+    engine.load_seconds = 0.0  # a warm model
     final = ndjson(await post(client, prompt="x"))[-1]
     assert final["done_reason"] == "length"
-    assert "load_duration" not in final and "prompt_eval_count" not in final and "eval_duration" not in final
+    assert (
+        "prompt_eval_count" not in final
+        and "prompt_eval_duration" not in final
+        and "eval_duration" not in final
+    )
     assert final["eval_count"] == 1 and final["total_duration"] > 0
+    assert 0 < final["load_duration"] < final["total_duration"]  # the wait for the model, as Ollama reports
     assert "context" not in final  # the engine gave none
     engine.script = [Finished("cancel", 1, 1, 1, 1)]
     assert "done_reason" not in ndjson(await post(client, prompt="x"))[-1]
