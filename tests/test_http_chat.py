@@ -78,7 +78,8 @@ async def test_message_fields(client: httpx.AsyncClient, engine: ScriptedEngine)
 
 
 async def test_load_and_unload_idioms(client: httpx.AsyncClient, engine: ScriptedEngine) -> None:
-    for payload in ({}, {"messages": []}, {"messages": None}):
+    payloads: list[dict[str, Any]] = [{}, {"messages": []}, {"messages": None}]
+    for payload in payloads:
         body = json_body(await post(client, **payload))
         assert body == {
             "model": "tiny",

@@ -39,7 +39,7 @@ async def test_generate(api: ollama.AsyncClient, engine: ScriptedEngine) -> None
     assert result.context == [1, 2, 3] and result.eval_count == 2 and result.load_duration == 250_000_000
     assert engine.requests[0].options["seed"] == 42
     parts = [part async for part in await api.generate("tiny", "Why?", stream=True)]
-    assert "".join(p.response for p in parts) == "Hello world" and parts[-1].done
+    assert "".join(p.response or "" for p in parts) == "Hello world" and parts[-1].done
     loaded = await api.generate("tiny")  # the load idiom through the client
     assert loaded.done_reason == "load"
     unloaded = await api.generate("tiny", keep_alive=0)

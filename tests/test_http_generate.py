@@ -212,7 +212,7 @@ async def test_top_logprobs(client: httpx.AsyncClient) -> None:
 async def test_format(client: httpx.AsyncClient, engine: ScriptedEngine) -> None:
     for value in ("", None, "json", {"type": "object", "properties": {"a": {"type": "string"}}}, {}):
         assert (await post(client, prompt="x", format=value)).status_code == 200, value
-    cases = [
+    cases: list[tuple[Any, str]] = [
         ("xml", 'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'),
         ("JSON", 'invalid format: "\\"JSON\\""; expected "json" or a valid JSON Schema object'),
         (5, 'invalid format: "5"; expected "json" or a valid JSON Schema object'),
