@@ -1,0 +1,447 @@
+"""Event transports between a worker (writer) and the daemon (reader).
+
+Two builds of one interface:
+
+* **Shared memory** (the default): the daemon creates a :class:`ShmChannel` (a POSIX
+  shared-memory segment holding a :mod:`worker.ring` and two named semaphores, *data*
+  and *space*), passes ``channel.spec`` to the worker on its command line, and the worker
+  calls :func:`attach_shm_writer`. A token costs the worker a memcpy per ``send`` and
+  one semaphore post per ``flush``.
+* **stdio**: the same frames (``u32 length, u8 flags=0, payload``) on a pipe, normally
+  the worker's original stdout. ``flush`` is one ``write`` of everything sent since the
+  previous flush.
+
+Contract shared by both builds: ``EventWriter.send`` queues without waking the reader;
+``flush`` publishes and wakes it once; ``EventReader.read`` returns every complete
+message available (a batch), ``[]`` on timeout and ``None`` at the end. ``close`` on a
+reader may be called from another thread: a ``read`` blocked in it returns ``None``.
+
+Names in the system: a channel's segment is ``/mlxd-<16 hex>`` and its semaphores add
+``-d`` and ``-s`` (``/dev/shm/sem.mlxd-...`` on Linux), all mode 0600 and created
+exclusively. The worker unlinks them as soon as it has opened them, and the daemon
+unlinks them again (idempotently) when the worker has spoken and when it exits, so a
+crash of either process leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import re
+import secrets
+import select
+import threading
+import time
+from typing import Protocol
+
+import posix_ipc
+
+from worker.ring import (
+    FRAME,
+    FRAME_SIZE,
+    HEADER_SIZE,
+    MAX_CAPACITY,
+    MIN_CAPACITY,
+    CloseGuard,
+    RingError,
+    RingReader,
+    RingWriter,
+    format_ring,
+)
+
+__all__ = [
+    "EventReader",
+    "EventWriter",
+    "ShmChannel",
+    "attach_shm_writer",
+    "stdio_reader",
+    "stdio_writer",
+]
+
+
+class EventWriter(Protocol):
+    """Worker side; called from the generation thread (thread-safe nonetheless)."""
+
+    def send(self, payload: bytes) -> None:
+        """Queue one message. Blocks only while the transport is full; BrokenPipeError if
+        the reader went away meanwhile."""
+        ...
+
+    def flush(self) -> None:
+        """Publish everything sent since the last flush and wake the reader once."""
+        ...
+
+    def close(self) -> None:
+        """Flush, tell the reader that no more messages come, release local resources."""
+        ...
+
+
+class EventReader(Protocol):
+    """Daemon side; ``read`` is called from one dedicated thread."""
+
+    def read(self, timeout: float | None = None) -> list[bytes] | None:
+        """Wait up to ``timeout`` for a message; return all complete messages available,
+        ``[]`` on timeout, ``None`` once the writer has closed and everything was read."""
+        ...
+
+    def close(self) -> None:
+        """Mark the reader gone (a writer waiting for space gets BrokenPipeError)."""
+        ...
+
+
+# ------------------------------------------------------------------ shared memory
+
+_NAME_PREFIX = "/mlxd-"
+_SPEC_RE = re.compile(r"/mlxd-[0-9a-f]{16}")
+_DATA_SUFFIX = "-d"
+_SPACE_SUFFIX = "-s"
+_MODE = 0o600
+
+
+class _PosixSignal:
+    """:class:`worker.ring.Signal` over a named POSIX semaphore."""
+
+    def __init__(self, sem: posix_ipc.Semaphore) -> None:
+        self._sem = sem
+
+    def post(self) -> None:
+        self._sem.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        try:
+            if timeout is None:
+                self._sem.acquire()
+            elif timeout <= 0:
+                self._sem.acquire(0)
+            elif posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED:
+                self._sem.acquire(timeout)
+            else:
+                return self._poll(timeout)
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except posix_ipc.SignalError:
+            # posix_ipc runs the Python handlers and then replaces whatever they raised
+            # (KeyboardInterrupt included) with SignalError. Handlers run only in the
+            # main thread: there the error must surface; elsewhere it is a plain EINTR,
+            # a wake-up without a count that the callers re-check.
+            if threading.current_thread() is threading.main_thread():
+                raise
+            return False
+
+    def _poll(self, timeout: float) -> bool:
+        # macOS has no sem_timedwait: poll, backing off to 1 ms between tries.
+        deadline = time.monotonic() + timeout
+        pause = 2e-5
+        while True:
+            try:
+                self._sem.acquire(0)
+                return True
+            except posix_ipc.BusyError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 1e-3)
+
+
+def _unlink_names(name: str) -> None:
+    for unlink, path in (
+        (posix_ipc.unlink_shared_memory, name),
+        (posix_ipc.unlink_semaphore, name + _DATA_SUFFIX),
+        (posix_ipc.unlink_semaphore, name + _SPACE_SUFFIX),
+    ):
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            unlink(path)
+
+
+class ShmChannel:
+    """The daemon's end of one shared-memory channel; build it with :meth:`create`."""
+
+    def __init__(
+        self, name: str, mapping: mmap.mmap, data: posix_ipc.Semaphore, space: posix_ipc.Semaphore
+    ) -> None:
+        self._name = name
+        self._mapping = mapping
+        self._data = data
+        self._space = space
+        self._reader: RingReader | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._released = False
+
+    @classmethod
+    def create(cls, capacity: int = 1 << 20) -> ShmChannel:
+        """A new segment and semaphores under an unguessable name, mode 0600."""
+        if not MIN_CAPACITY <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be {MIN_CAPACITY}..{MAX_CAPACITY} bytes, not {capacity}")
+        name = _NAME_PREFIX + secrets.token_hex(8)
+        size = HEADER_SIZE + capacity
+        sems: list[posix_ipc.Semaphore] = []
+        mapping: mmap.mmap | None = None
+        try:
+            memory = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE, size=size)
+            try:
+                mapping = mmap.mmap(memory.fd, size)
+            finally:
+                memory.close_fd()
+            for suffix in (_DATA_SUFFIX, _SPACE_SUFFIX):
+                sems.append(posix_ipc.Semaphore(name + suffix, posix_ipc.O_CREX, mode=_MODE, initial_value=0))
+            format_ring(mapping)
+        except BaseException:
+            _unlink_names(name)
+            for sem in sems:
+                sem.close()
+            if mapping is not None:
+                mapping.close()
+            raise
+        return cls(name, mapping, sems[0], sems[1])
+
+    @property
+    def spec(self) -> str:
+        """What the worker passes to :func:`attach_shm_writer`."""
+        return self._name
+
+    def reader(self) -> EventReader:
+        """The channel's one reader (the same object on every call)."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("the channel is closed")
+            if self._reader is None:
+                self._reader = RingReader(
+                    self._mapping, _PosixSignal(self._data), _PosixSignal(self._space), on_close=self.close
+                )
+            return self._reader
+
+    def unlink(self) -> None:
+        """Remove the names from the system; the mapping stays usable. Idempotent."""
+        _unlink_names(self._name)
+
+    def close(self) -> None:
+        """Close the reader, unlink the names, unmap, close the semaphores. Idempotent.
+
+        Closing the reader also closes its channel, so either call releases everything.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            reader = self._reader
+        if reader is not None:
+            reader.close()  # wakes and waits out a read in progress, then calls us back
+        self.unlink()
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._mapping.close()
+        self._data.close()
+        self._space.close()
+
+
+def attach_shm_writer(spec: str) -> EventWriter:
+    """Open the channel named by ``spec`` as its writer, then unlink its names.
+
+    While the ring is full the writer also gives up (BrokenPipeError) once its parent
+    process, the daemon, has changed: a daemon that died never closes its reader.
+    """
+    if not _SPEC_RE.fullmatch(spec):
+        raise ValueError(f"not a shared-memory channel spec: {spec!r}")
+    memory = posix_ipc.SharedMemory(spec)
+    try:
+        mapping = mmap.mmap(memory.fd, memory.size)
+    finally:
+        memory.close_fd()
+    try:
+        data = posix_ipc.Semaphore(spec + _DATA_SUFFIX)
+        try:
+            space = posix_ipc.Semaphore(spec + _SPACE_SUFFIX)
+        except BaseException:
+            data.close()
+            raise
+    except BaseException:
+        mapping.close()
+        raise
+    _unlink_names(spec)
+    parent = os.getppid()
+
+    def release() -> None:
+        mapping.close()
+        data.close()
+        space.close()
+
+    try:
+        return RingWriter(
+            mapping,
+            _PosixSignal(data),
+            _PosixSignal(space),
+            peer_alive=lambda: os.getppid() == parent,
+            on_close=release,
+        )
+    except BaseException:
+        release()
+        raise
+
+
+# ------------------------------------------------------------------ stdio
+
+_AUTO_FLUSH = 1 << 16  # bytes buffered by send() before it writes them without a flush
+_READ_CHUNK = 1 << 16
+_MAX_FRAME = 1 << 30  # a longer length means the stream is not ours (stray output)
+
+
+class _StdioWriter:
+    """Frames to a pipe. Owns ``fd``: ``close`` closes it, which the reader sees as EOF."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def send(self, payload: bytes) -> None:
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("send on a closed event writer")
+            self._buf += FRAME.pack(len(payload), 0)
+            self._buf += payload
+            # Bound the buffer like the ring bounds itself: a full buffer goes out now.
+            if len(self._buf) >= _AUTO_FLUSH:
+                self._write_out(self._fd)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("flush on a closed event writer")
+            self._write_out(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                return
+            self._fd = None
+            try:
+                self._write_out(fd)
+            except OSError:
+                pass  # the reader is gone: nothing left to tell it
+            finally:
+                self._buf.clear()
+                os.close(fd)
+
+    def _write_out(self, fd: int) -> None:
+        """One write of the buffer, more only if the pipe takes it in parts."""
+        if not self._buf:
+            return
+        with memoryview(self._buf) as view:
+            done = 0
+            while done < len(view):
+                try:
+                    done += os.write(fd, view[done:])
+                except BlockingIOError:  # a non-blocking fd: wait until it drains
+                    select.select([], [fd], [])
+        self._buf.clear()
+
+
+class _StdioReader:
+    """Frames from a pipe. Does not own ``fd``: the caller closes it after ``close()``."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._off = 0
+        self._eof = False
+        self._guard = CloseGuard()
+        self._wake_r, self._wake_w = os.pipe()
+        self._poller: select.poll | None = None
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+            self._poller.register(self._wake_r, select.POLLIN)
+
+    def read(self, timeout: float | None = None) -> list[bytes] | None:
+        if not self._guard.enter():
+            return None
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                messages = self._parse()
+                if messages:
+                    return messages
+                if self._eof or self._guard.closed:
+                    return None  # a truncated last frame (writer killed mid-write) is dropped
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                ready = self._wait(remaining)
+                if self._wake_r in ready:
+                    return None
+                if self._fd in ready:
+                    self._fill()
+        finally:
+            self._guard.leave()
+
+    def close(self) -> None:
+        self._guard.close(self._wake)
+        if self._wake_w >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+    def _wake(self) -> None:
+        os.write(self._wake_w, b"\0")
+
+    def _wait(self, timeout: float | None) -> set[int]:
+        if self._poller is not None:
+            ms = None if timeout is None else math.ceil(timeout * 1000)
+            return {fd for fd, _ in self._poller.poll(ms)}
+        readable, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
+        return set(readable)
+
+    def _fill(self) -> None:
+        """Read what the pipe holds now, in 64 KiB reads while they come back full."""
+        while True:
+            try:
+                chunk = os.read(self._fd, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._eof = True
+                return
+            self._buf += chunk
+            if len(chunk) < _READ_CHUNK or self._fd not in self._wait(0):
+                return
+
+    def _parse(self) -> list[bytes]:
+        buf, off = self._buf, self._off
+        out: list[bytes] = []
+        with memoryview(buf) as view:
+            while len(view) - off >= FRAME_SIZE:
+                n, flags = FRAME.unpack_from(view, off)
+                if flags or n > _MAX_FRAME:
+                    raise RingError(f"corrupt frame on the event stream: length {n}, flags {flags:#x}")
+                end = off + FRAME_SIZE + n
+                if end > len(view):
+                    break
+                out.append(view[off + FRAME_SIZE : end].tobytes())
+                off = end
+        if off == len(buf):
+            buf.clear()
+            off = 0
+        elif off >= _READ_CHUNK:
+            del buf[:off]
+            off = 0
+        self._off = off
+        return out
+
+
+def stdio_writer(fd: int) -> EventWriter:
+    """Frames to ``fd`` (the worker's original stdout); ``close`` closes ``fd``."""
+    return _StdioWriter(fd)
+
+
+def stdio_reader(fd: int) -> EventReader:
+    """Frames from ``fd`` (the worker's stdout pipe); the caller keeps ownership of ``fd``."""
+    return _StdioReader(fd)
