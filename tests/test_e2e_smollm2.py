@@ -42,3 +42,4 @@ def test_import_and_chat(daemon: Daemon) -> None:
     )
     assert "Paris" in answer.message.content
     assert answer.done_reason in ("stop", "length")
+    client._client.close()  # otherwise its pooled connection is reported as unclosed later

@@ -5,6 +5,7 @@ Runs once per IPC build (shared memory and stdio) through the ``tiny_daemon`` fi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import ollama
@@ -18,8 +19,10 @@ GREEDY = {"temperature": 0, "num_predict": 12}
 
 
 @pytest.fixture(scope="module")
-def client(tiny_daemon: Daemon) -> ollama.Client:
-    return ollama.Client(host=tiny_daemon.url)
+def client(tiny_daemon: Daemon) -> Iterator[ollama.Client]:
+    client = ollama.Client(host=tiny_daemon.url)
+    yield client
+    client._client.close()  # otherwise its pooled connection is reported as unclosed at exit
 
 
 def test_list_and_show(client: ollama.Client) -> None:
