@@ -1,0 +1,121 @@
+"""What the benchmarks share: resolving ``--model``, a daemon on a free port, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("MLXD_BENCH_CACHE", Path(tempfile.gettempdir()) / "mlxd-bench"))
+
+
+def resolve_model(spec: str) -> Path:
+    """``random:<shape>`` (built on the spot), an MLX model directory, or an installed tag."""
+    if spec.startswith("random:"):
+        from bench.random_model import build_random_model
+
+        name = spec.removeprefix("random:")
+        return build_random_model(name, CACHE / name)
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    from daemon.config import Settings
+    from registry.store import Store
+
+    installed = Store(Settings.from_env().home).resolve(spec)
+    if installed is None:
+        raise SystemExit(f"model {spec!r} is neither random:<shape>, a model directory, nor installed")
+    return installed.path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real ``mlxd serve`` on a free loopback port with ``model_dir`` installed as ``bench``."""
+    home = Path(tempfile.mkdtemp(prefix="mlxd-bench-home-"))
+    port = free_port()
+    environ = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "MLXD_HOME": str(home), "MLXD_IPC": ipc}
+    environ.update(env or {})
+    log = open(home / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve"], cwd=ROOT, env=environ, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start:\n" + (home / "daemon.log").read_text())
+            try:
+                if httpx.head(url + "/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = {"model": "bench", "from": str(model_dir), "stream": False}
+        response = httpx.post(url + "/api/create", json=body, timeout=600)
+        response.raise_for_status()
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def device_name() -> str:
+    import mlx.core as mx
+
+    device = mx.default_device()
+    name = str(device)
+    try:
+        info = mx.device_info()
+        name = f"{name} {info.get('device_name', info.get('architecture', ''))}".strip()
+    except Exception:
+        pass
+    return name
+
+
+def prompt_text(tokens: int) -> str:
+    """A prompt of about ``tokens`` tokens for the random models (one per character)."""
+    return ("The quick brown fox jumps over the lazy dog. " * (tokens // 45 + 1))[:tokens]
+
+
+def emit(result: dict[str, Any], table: bool) -> None:
+    print(json.dumps(result))
+    if table:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+            print(f"{key.ljust(width)}  {shown}", file=sys.stderr)
+
+
+def common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="installed tag, model dir, or random:<shape>")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
+    parser.add_argument("--table", action="store_true", help="also print a readable table (stderr)")
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
