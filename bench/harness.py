@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,6 +81,7 @@ def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def device_name() -> str:

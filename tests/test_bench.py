@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end on the tiny random model (speed is not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    env = {**os.environ, "MLXD_BENCH_CACHE": str(tmp_path)}
+    argv = ["--model", "random:tiny", "--tokens", "8", "--prompt-tokens", "8", "--runs", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("native_tok_s", "server_tok_s", "overhead_pct", "native_ttft_ms", "server_ttft_ms"):
+        assert isinstance(result[key], float) and result[key] == result[key], key
+    assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
+    assert result["ipc"] == "shm" and result["tokens"] == 8 and result["model"] == "random:tiny"
+    assert "cpu" in result["device"].lower()
