@@ -13,14 +13,18 @@ from daemon.config import Settings
 from daemon.engine import Engine, EngineError
 from daemon.errors import ApiError, CatchAllMiddleware, api_error_handler, http_exception_handler
 from daemon.routes import Services, routes
+from daemon.shutdown import Drain, ShutdownMiddleware
 from registry.store import Store
 
 
-def create_app(settings: Settings, engine: Engine, store: Store) -> Starlette:
+def create_app(settings: Settings, engine: Engine, store: Store, drain: Drain | None = None) -> Starlette:
     """The Ollama-compatible HTTP API over ``engine`` and ``store``.
 
-    The engine is closed (every worker stopped) when the application shuts down.
+    The engine is closed (every worker stopped) when the application shuts down. ``drain``
+    (kept in ``app.state.drain``) refuses new work and bounds running requests once the
+    server begins to shut down.
     """
+    drain = Drain() if drain is None else drain
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -31,7 +35,7 @@ def create_app(settings: Settings, engine: Engine, store: Store) -> Starlette:
 
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(CatchAllMiddleware)],
+        middleware=[Middleware(ShutdownMiddleware, drain=drain), Middleware(CatchAllMiddleware)],
         exception_handlers={
             ApiError: api_error_handler,
             EngineError: api_error_handler,
@@ -40,4 +44,5 @@ def create_app(settings: Settings, engine: Engine, store: Store) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = Services(settings=settings, engine=engine, store=store)
+    app.state.drain = drain
     return app
