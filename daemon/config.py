@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -14,7 +15,22 @@ from daemon.durations import DEFAULT_KEEP_ALIVE, parse_keep_alive_env
 
 DEFAULT_PORT = 11434
 DEFAULT_CONTEXT_LENGTH = 4096
+DEFAULT_MAX_LOADED_MODELS = 3  # Ollama's automatic value without a GPU count to scale it
+DEFAULT_MAX_QUEUE = 512
+DEFAULT_NUM_PARALLEL = 4
+# What an OLLAMA_ORIGINS entry without a wildcard must start with (gin-contrib/cors with
+# browser extensions allowed).
+ORIGIN_SCHEMES = (
+    "http://",
+    "https://",
+    "chrome-extension://",
+    "safari-extension://",
+    "moz-extension://",
+    "ms-browser-extension://",
+)
 IpcKind = Literal["shm", "stdio"]
+
+log = logging.getLogger("mlxd.config")
 
 _PORT_RE = re.compile(r"[+-]?[0-9]+")
 
@@ -33,6 +49,10 @@ class Settings:
     ipc: IpcKind = "shm"
     keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; math.inf = forever, 0 = unload after each request
     context_length: int = DEFAULT_CONTEXT_LENGTH  # the default num_ctx
+    max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model to load
+    num_parallel: int = DEFAULT_NUM_PARALLEL  # requests one model serves at once
+    origins: tuple[str, ...] = ()  # OLLAMA_ORIGINS: extra CORS origins (daemon.middleware)
 
     @property
     def url(self) -> str:
@@ -75,12 +95,42 @@ class Settings:
             ipc="shm" if ipc == "shm" else "stdio",
             keep_alive=parse_keep_alive_env(_var(env, "OLLAMA_KEEP_ALIVE")),
             context_length=_context_length(_var(env, "OLLAMA_CONTEXT_LENGTH")),
+            max_loaded_models=_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or DEFAULT_MAX_LOADED_MODELS,
+            max_queue=max(_uint(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE), 1),
+            num_parallel=_uint(env, "OLLAMA_NUM_PARALLEL", 0) or DEFAULT_NUM_PARALLEL,
+            origins=parse_origins(_var(env, "OLLAMA_ORIGINS")),
         )
 
 
 def _var(env: Mapping[str, str], key: str) -> str:
     """Ollama's ``envconfig.Var``: surrounding spaces, then quote characters, are stripped."""
     return env.get(key, "").strip().strip("\"'")
+
+
+def _uint(env: Mapping[str, str], key: str, default: int) -> int:
+    """Ollama's ``envconfig.Uint``: a decimal unsigned integer; anything else keeps the default."""
+    text = _var(env, key)
+    if not text:
+        return default
+    if not text.isascii() or not text.isdigit():
+        log.warning("invalid environment variable %s=%r, using the default %d", key, text, default)
+        return default
+    return int(text)
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``OLLAMA_ORIGINS``: comma-separated origins, each with at most one ``*`` wildcard and,
+    without one, a scheme CORS allows (Ollama refuses to start otherwise)."""
+    origins = tuple(entry.strip() for entry in text.split(",") if entry.strip())
+    for origin in origins:
+        if origin.count("*") > 1:
+            raise ValueError(f"OLLAMA_ORIGINS: only one * is allowed in {origin!r}")
+        if "*" not in origin and not origin.lower().startswith(ORIGIN_SCHEMES):
+            raise ValueError(
+                f"OLLAMA_ORIGINS: bad origin {origin!r}: origins must contain '*' or start with "
+                + ", ".join(ORIGIN_SCHEMES)
+            )
+    return origins
 
 
 def _context_length(text: str) -> int:

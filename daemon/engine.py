@@ -6,6 +6,7 @@ real implementation; ``daemon.testing.ScriptedEngine`` is a scripted one for HTT
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ class GenerationRequest:
     context: list[int] = field(default_factory=list)
     options: SamplingOptions = field(default_factory=lambda: SamplingOptions())
     return_context: bool = False
+    # How long the model stays loaded once idle (seconds; math.inf = forever, 0 = unload as
+    # soon as the request is done); None keeps the model's current setting.
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,23 +77,34 @@ RUNNER_STOPPED = (
 class LoadedModel:
     name: str
     digest: str
-    memory_bytes: int
-    context_length: int
+    memory_bytes: int  # resident size of the model
+    context_length: int  # the context size requests run with
+    expires_at: float = math.inf  # when it unloads, in seconds since the epoch; inf = never
 
 
 class Engine(Protocol):
-    async def load(self, model: ModelHandle) -> float:
-        """Make sure the model is loaded; return the seconds this call spent loading it."""
+    """Keep-alive (reference §2.4, §6) is the engine's policy: a model stays loaded for its
+    ``keep_alive`` after its last request ends, and a request that gives one replaces it.
+    ``None`` means "not given": a model loaded without one gets the server default."""
+
+    async def load(self, model: ModelHandle, keep_alive: float | None = None) -> float:
+        """Make sure the model is loaded; return the seconds this call spent loading it.
+
+        A generation of the same model is expected to follow soon (or none, for the load
+        idiom): the model is kept for it even with ``keep_alive`` 0. Raises
+        :class:`EngineError` (503 when too many requests already wait for a load)."""
         ...
 
     def generate(self, model: ModelHandle, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream text chunks, then exactly one :class:`Finished`; raise :class:`EngineError`.
 
-        Closing the iterator early (client gone) cancels the generation."""
+        Loads the model first if needed. Closing the iterator early (client gone) cancels
+        the generation. ``request.keep_alive`` applies once the request ends."""
         ...
 
     async def unload(self, model: ModelHandle) -> None:
-        """Stop the model's worker if it runs; a no-op otherwise."""
+        """Unload the model now, or as soon as its running requests end if it has any;
+        a no-op if it is not loaded (the unload idiom)."""
         ...
 
     def loaded(self) -> list[LoadedModel]: ...

@@ -41,7 +41,7 @@ def serve(settings: Settings) -> int:
         stream=sys.stderr,
     )
     store = Store(settings.home)
-    engine = WorkerPool(ipc=settings.ipc)
+    engine = WorkerPool.from_settings(settings)
     drain = Drain(shutdown_timeout(os.environ))
     app = create_app(settings, engine, store, drain)
     config = uvicorn.Config(

@@ -3,8 +3,10 @@
 A script is a list of steps replayed for each generation: :class:`~daemon.engine.TextChunk`
 and :class:`~daemon.engine.Finished` are yielded, an :class:`~daemon.engine.EngineError` is
 raised, a :class:`Delay` sleeps. The script may also be a function of the model and request.
-The engine records what it was asked: ``loads``, ``unloads``, and one
-:class:`GenerationRecord` per generation (the request, what was sent, how it ended)::
+The engine records what it was asked: ``loads`` (and their ``keep_alives``), ``unloads``,
+and one :class:`GenerationRecord` per generation (the request, what was sent, how it ended).
+Keep-alive is kept simply: a model whose keep-alive is 0 is unloaded when a generation
+ends, and ``loaded()`` reports the expiry that the keep-alive gives::
 
     engine = ScriptedEngine([TextChunk("Hi"), Delay(0.01), Finished("stop", 3, 10, 1, 10)])
     app = create_app(settings, engine, store)
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
+from daemon.durations import DEFAULT_KEEP_ALIVE
 from daemon.engine import (
     EngineError,
     Finished,
@@ -84,27 +88,38 @@ class ScriptedEngine:
         self.load_seconds = load_seconds
         self.load_error = load_error
         self.loads: list[ModelHandle] = []
+        self.keep_alives: list[float | None] = []  # as given to each load
         self.unloads: list[ModelHandle] = []
         self.generations: list[GenerationRecord] = []
         self.closed = False
         self._loaded: dict[str, ModelHandle] = {}
+        self._keep_alive: dict[str, float] = {}
 
     @property
     def requests(self) -> list[GenerationRequest]:
         return [record.request for record in self.generations]
 
-    async def load(self, model: ModelHandle) -> float:
+    async def load(self, model: ModelHandle, keep_alive: float | None = None) -> float:
         self.loads.append(model)
+        self.keep_alives.append(keep_alive)
         if self.load_error is not None:
             raise self.load_error
         self._loaded[model.digest] = model
+        self._set_keep_alive(model, keep_alive)
         return self.load_seconds
+
+    def _set_keep_alive(self, model: ModelHandle, keep_alive: float | None) -> None:
+        if keep_alive is not None:
+            self._keep_alive[model.digest] = keep_alive
+        else:
+            self._keep_alive.setdefault(model.digest, DEFAULT_KEEP_ALIVE)
 
     async def generate(
         self, model: ModelHandle, request: GenerationRequest
     ) -> AsyncIterator[GenerationEvent]:
         record = GenerationRecord(model, request)
         self.generations.append(record)
+        self._set_keep_alive(model, request.keep_alive)
         steps = self.script(model, request) if callable(self.script) else self.script
         try:
             for step in steps:
@@ -122,14 +137,28 @@ class ScriptedEngine:
         except (GeneratorExit, anyio.get_cancelled_exc_class()):
             record.closed_early = not record.completed
             raise
+        finally:
+            if self._keep_alive.get(model.digest) == 0:
+                self._unload(model)
 
     async def unload(self, model: ModelHandle) -> None:
+        self._unload(model)
+
+    def _unload(self, model: ModelHandle) -> None:
         self.unloads.append(model)
         self._loaded.pop(model.digest, None)
+        self._keep_alive.pop(model.digest, None)
 
     def loaded(self) -> list[LoadedModel]:
+        now = time.time()
         return [
-            LoadedModel(m.name, m.digest, memory_bytes=1 << 20, context_length=4096)
+            LoadedModel(
+                m.name,
+                m.digest,
+                memory_bytes=1 << 20,
+                context_length=4096,
+                expires_at=now + self._keep_alive.get(m.digest, DEFAULT_KEEP_ALIVE),
+            )
             for m in self._loaded.values()
         ]
 

@@ -125,7 +125,7 @@ async def test_unexpected_exception_is_a_plain_500(
 async def test_unexpected_exception_in_a_handler(
     app: Starlette, client: httpx.AsyncClient, engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken_load(model: ModelHandle) -> float:
+    async def broken_load(model: ModelHandle, keep_alive: float | None = None) -> float:
         raise RuntimeError("disk on fire\nsecond line")
 
     engine.load = broken_load  # type: ignore[method-assign]

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -153,7 +152,7 @@ async def load(call: Call) -> int:
     start of the request until the model was ready (Ollama's own measure), so a warm model
     still reports a small non-zero value as Ollama does (its integration tests expect one).
     """
-    seconds = await call.services.engine.load(call.handle)
+    seconds = await call.services.engine.load(call.handle, call.body.keep_alive)
     return max(int(seconds * 1_000_000_000), time.perf_counter_ns() - call.started_ns)
 
 
@@ -166,20 +165,13 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
     """Run one generation and answer with an NDJSON stream or, with ``stream: false``, one object.
 
     The first event is awaited before the response starts, so an engine error at that point
-    is a plain JSON error with its status. ``keep_alive: 0`` unloads the model afterwards.
+    is a plain JSON error with its status. The engine applies ``keep_alive`` when it ends.
     """
-    engine = call.services.engine
-    events = engine.generate(call.handle, request)
-    unload_after = call.body.keep_alive == 0
+    request.keep_alive = call.body.keep_alive
+    events = call.services.engine.generate(call.handle, request)
 
     async def release() -> None:
         await aclose(events)
-        if unload_after:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await engine.unload(call.handle)
-                except Exception:
-                    log.exception("unloading %s after a keep_alive 0 request failed", call.handle.name)
 
     def final(text: str, finished: Finished) -> dict[str, Any]:
         total_ns = time.perf_counter_ns() - call.started_ns
