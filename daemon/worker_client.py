@@ -28,6 +28,8 @@ from daemon.engine import (
     GenerationRequest,
     ModelHandle,
     TextChunk,
+    ThinkingChunk,
+    ToolCallsChunk,
 )
 from worker import protocol
 from worker.protocol import Command, GenerateCommand, ModelInfo
@@ -147,7 +149,15 @@ class WorkerProcess:
             return
         self._exited.set()
         code = self._proc.poll() if self._proc else None
-        log.info("worker for %s exited (status %s)", self.model.name, code)
+        if code is None:  # it closed its event stream and is on its way out
+            log.info("worker for %s stopped", self.model.name)
+        else:
+            log.log(
+                logging.INFO if code == 0 else logging.WARNING,
+                "worker for %s exited with status %d",
+                self.model.name,
+                code,
+            )
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineError(RUNNER_STOPPED))
         stopped = {"t": protocol.ERROR, "id": 0, "msg": RUNNER_STOPPED, "status": 500}
@@ -180,6 +190,7 @@ class WorkerProcess:
             "context": request.context,
             "options": request.options,
             "return_context": request.return_context,
+            **_extras(request),
         }
         finished = False
         try:
@@ -189,6 +200,10 @@ class WorkerProcess:
                 tag = event["t"]
                 if tag == protocol.TEXT:
                     yield TextChunk(event["s"])
+                elif tag == protocol.THINKING:
+                    yield ThinkingChunk(event["s"])
+                elif tag == protocol.TOOL_CALLS:
+                    yield ToolCallsChunk(event["calls"])
                 elif tag == protocol.DONE:
                     finished = True
                     yield _finished(event["stats"])
@@ -234,6 +249,26 @@ class WorkerProcess:
     def _release_channel(self) -> None:
         if self._channel is not None:
             self._channel.unlink()
+
+
+def _extras(request: GenerationRequest) -> GenerateCommand:
+    """The optional command keys, only when they differ from the worker's defaults."""
+    extras: GenerateCommand = {}
+    if request.template:
+        extras["template"] = request.template
+    if request.suffix:
+        extras["suffix"] = request.suffix
+    if request.format:
+        extras["format"] = request.format
+    if request.tools:
+        extras["tools"] = request.tools
+    if request.think is not None:
+        extras["think"] = request.think
+    if not request.truncate:
+        extras["truncate"] = False
+    if not request.shift:
+        extras["shift"] = False
+    return extras
 
 
 def _finished(stats: dict[str, Any]) -> Finished:
