@@ -1,0 +1,98 @@
+"""Multi-turn chat: time to first token per turn as the history grows, with and without
+the worker's prompt cache.
+
+    python -m bench.multiturn --model random:qwen2.5-7b --turns 5 --history-tokens 2000
+
+Each turn adds a user message and, from the second turn on, the previous assistant
+answer; both are fixed texts, so that turn k's prompt extends turn k-1's prompt exactly
+(the case a prompt cache serves: an agent or chat UI resending its history). By the last
+turn the history holds about ``--history-tokens`` tokens. The daemon runs once with
+``MLXD_PROMPT_CACHE=0`` and once with it on. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.harness import daemon, device_name, emit, resolve_model
+
+
+def _text(tokens: int, seed: int) -> str:
+    words = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
+    out: list[str] = []
+    while sum(len(w) + 1 for w in out) < tokens:
+        out.append(words[(len(out) * 7 + seed) % len(words)])
+    return " ".join(out)[:tokens]
+
+
+def _turns(url: str, turns: int, history: int, reply: int) -> list[dict[str, Any]]:
+    per_turn = max(history // turns // 2, 8)
+    messages: list[dict[str, str]] = [{"role": "system", "content": "You are a terse assistant."}]
+    out = []
+    with httpx.Client(timeout=None) as client:
+        for turn in range(1, turns + 1):
+            if turn > 1:
+                messages.append({"role": "assistant", "content": _text(per_turn, turn * 2)})
+            messages.append({"role": "user", "content": _text(per_turn, turn * 2 + 1)})
+            body = {
+                "model": "bench",
+                "messages": messages,
+                "options": {"temperature": 0, "num_predict": reply, "num_ctx": history * 2 + 512},
+            }
+            started = time.perf_counter()
+            first = 0.0
+            final: dict[str, Any] = {}
+            with client.stream("POST", url + "/api/chat", content=orjson.dumps(body)) as response:
+                response.raise_for_status()
+                for line in response.iter_lines():
+                    chunk = orjson.loads(line)
+                    if "error" in chunk:
+                        raise RuntimeError(chunk["error"])
+                    if not first:
+                        first = time.perf_counter()
+                    if chunk.get("done"):
+                        final = chunk
+            out.append(
+                {
+                    "turn": turn,
+                    "ttft_ms": round((first - started) * 1000, 2),
+                    "prompt_eval_count": final.get("prompt_eval_count", 0),
+                }
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.multiturn", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="installed tag, model dir, or random:<shape>")
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--history-tokens", type=int, default=2000)
+    parser.add_argument("--reply-tokens", type=int, default=16)
+    parser.add_argument("--ipc", choices=["shm", "stdio"], default="shm")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args(argv)
+    model_dir = resolve_model(args.model)
+
+    result: dict[str, Any] = {
+        "bench": "multiturn",
+        "model": args.model,
+        "device": device_name(),
+        "turns": args.turns,
+        "history_tokens": args.history_tokens,
+    }
+    for label, flag in (("without_cache", "0"), ("with_cache", "1")):
+        with daemon(model_dir, ipc=args.ipc, env={"MLXD_PROMPT_CACHE": flag}) as url:
+            _turns(url, 1, args.history_tokens, 2)  # load and warm up
+            rows = _turns(url, args.turns, args.history_tokens, args.reply_tokens)
+        result[label] = rows
+        result[f"{label}_last_over_first"] = round(rows[-1]["ttft_ms"] / rows[0]["ttft_ms"], 2)
+    emit(result, args.table)
+
+
+if __name__ == "__main__":
+    main()
