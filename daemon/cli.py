@@ -15,6 +15,8 @@ import orjson
 
 from daemon import __version__
 from daemon.config import Settings
+from launchd.cli import add_parser as add_service_parser
+from launchd.cli import run as run_service
 
 
 class CLIError(Exception):
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = dev_verbs.add_parser("tiny-model", help="write a tiny random-weight model (for tests)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    add_service_parser(verbs)
     return parser
 
 
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             return quickstart(settings)
         if args.verb == "dev":
             return cmd_tiny_model(args.directory, args.seed)
+        if args.verb == "service":
+            return run_service(args, settings)
         client = Client(settings.client_url)
         if args.verb == "create":
             return cmd_create(client, args.name, args.file)
