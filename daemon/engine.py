@@ -10,7 +10,7 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from worker.protocol import ChatMessage, SamplingOptions
 
@@ -34,6 +34,13 @@ class GenerationRequest:
     context: list[int] = field(default_factory=list)
     options: SamplingOptions = field(default_factory=lambda: SamplingOptions())
     return_context: bool = False
+    template: str = ""  # an Ollama (Go) template replacing the tokenizer's chat template
+    suffix: str = ""  # fill-in-the-middle
+    format: Any = None  # "json" or a JSON Schema object: constrained output
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    think: bool | str | None = None  # None: the model's default
+    truncate: bool = True  # drop the oldest messages when the prompt exceeds num_ctx
+    shift: bool = True  # shift the context when the generation reaches num_ctx
     # How long the model stays loaded once idle (seconds; math.inf = forever, 0 = unload as
     # soon as the request is done); None keeps the model's current setting.
     keep_alive: float | None = None
@@ -42,6 +49,20 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class TextChunk:
     text: str
+
+
+@dataclass(frozen=True)
+class ThinkingChunk:
+    """A piece of the model's reasoning (``thinking`` in the response)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallsChunk:
+    """Complete tool calls in Ollama's shape (``id``, ``function.index/name/arguments``)."""
+
+    calls: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -54,7 +75,7 @@ class Finished:
     context: list[int] | None = None
 
 
-GenerationEvent = TextChunk | Finished
+GenerationEvent = TextChunk | ThinkingChunk | ToolCallsChunk | Finished
 
 
 class EngineError(Exception):

@@ -1,8 +1,9 @@
 """Ollama's generation options (reference §2.3): defaults, ``Options.FromMap`` typing, precedence.
 
 Precedence is defaults → the model's Modelfile ``PARAMETER``s → the request's ``options``.
-Every option Ollama knows is accepted with its type rules; only the ones the worker
-understands travel on in :class:`~worker.protocol.SamplingOptions`.
+Every option Ollama knows is accepted with its type rules; the generation options travel on
+in :class:`~worker.protocol.SamplingOptions`, the load-time ones (``num_batch``, ``num_gpu``,
+``main_gpu``, ``use_mmap``, ``num_thread``, ``draft_num_predict``) have no MLX equivalent.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Options:
             setattr(self, key, _convert(key, kind, value))
 
     def sampling(self) -> SamplingOptions:
-        """The subset the worker understands."""
+        """The options that shape a generation (all but the load-time ones)."""
         return SamplingOptions(
             num_predict=self.num_predict,
             temperature=self.temperature,
@@ -70,6 +71,13 @@ class Options:
             seed=self.seed,
             stop=list(self.stop),
             num_ctx=self.num_ctx,
+            min_p=self.min_p,
+            typical_p=self.typical_p,
+            repeat_penalty=self.repeat_penalty,
+            repeat_last_n=self.repeat_last_n,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            num_keep=self.num_keep,
         )
 
 

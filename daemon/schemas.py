@@ -166,6 +166,7 @@ class Message:
     thinking: str = ""
     tool_calls: list[Any] = field(default_factory=list)
     tool_name: str = ""
+    tool_call_id: str = ""
 
     @classmethod
     def parse(cls, value: Any, struct: str, index: int) -> Message:
@@ -185,10 +186,20 @@ class Message:
             thinking=fields.string("thinking"),
             tool_calls=fields.array("tool_calls"),
             tool_name=fields.string("tool_name"),
+            tool_call_id=fields.string("tool_call_id"),
         )
 
     def chat(self) -> ChatMessage:
-        return ChatMessage(role=self.role, content=self.content)
+        message = ChatMessage(role=self.role, content=self.content)
+        if self.thinking:
+            message["thinking"] = self.thinking
+        if self.tool_calls:
+            message["tool_calls"] = [call for call in self.tool_calls if isinstance(call, dict)]
+        if self.tool_name:
+            message["tool_name"] = self.tool_name
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 @dataclass
@@ -203,6 +214,8 @@ class InferenceBody:
     think: ThinkValue
     logprobs: bool
     top_logprobs: int
+    truncate: bool
+    shift: bool
 
 
 def _inference_fields(fields: Fields) -> dict[str, Any]:
@@ -215,6 +228,8 @@ def _inference_fields(fields: Fields) -> dict[str, Any]:
         "think": fields.think(),
         "logprobs": fields.boolean("logprobs"),
         "top_logprobs": fields.integer("top_logprobs"),
+        "truncate": fields.boolean("truncate", default=True),
+        "shift": fields.boolean("shift", default=True),
     }
 
 

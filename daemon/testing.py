@@ -34,6 +34,8 @@ from daemon.engine import (
     LoadedModel,
     ModelHandle,
     TextChunk,
+    ThinkingChunk,
+    ToolCallsChunk,
 )
 from registry.names import parse_name
 from registry.store import InstalledModel, ModelConfig, Store
@@ -46,7 +48,7 @@ class Delay:
     seconds: float
 
 
-Step = TextChunk | Finished | EngineError | Delay
+Step = TextChunk | ThinkingChunk | ToolCallsChunk | Finished | EngineError | Delay
 Script = Sequence[Step] | Callable[[ModelHandle, GenerationRequest], Sequence[Step]]
 
 

@@ -4,10 +4,16 @@ Everything is built locally and deterministically (no hub, no MLX): fp32 weights
 seeded numpy generator, and a byte-level BPE tokenizer trained with ``tokenizers`` on the
 short English corpus below. Same seed, same bytes. ``mlx_lm.load`` accepts the result and
 greedy generation runs (producing fluent nonsense).
+
+The ``agent`` flavour has a Qwen3-style chat template with tools and reasoning tags, and
+weights that make it answer every chat the same way, whatever the sampling settings: a
+thought, a sentence, one tool call (see :data:`AGENT_SCRIPT`). Its layers add nothing to the
+residual stream and its output head maps each script token to the next one.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -35,6 +41,49 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+# The agent flavour: Qwen3-style, tools and thinking; no thinking ⇒ an empty reasoning block.
+AGENT_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n"
+    "{%- if messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
+    "# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n"
+    'Answer a function call as <tool_call>{"name": ..., "arguments": ...}</tool_call>'
+    "<|im_end|>\n"
+    "{%- elif messages[0].role == 'system' %}<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ message.role }}\n"
+    "{%- if message.reasoning_content %}<think>{{ message.reasoning_content }}</think>{% endif %}"
+    "{{ message.content }}"
+    "{%- for tool_call in message.tool_calls or [] %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '<tool_call>{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}'
+    "</tool_call>"
+    "{%- endfor %}<|im_end|>\n"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}"
+    "{%- endif %}"
+)
+AGENT_THOUGHT = "The user asks about the weather."
+AGENT_ANSWER = "Let me check."
+AGENT_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+# What the agent model says after its generation prompt, token by token.
+AGENT_SCRIPT = (
+    "<think>",
+    AGENT_THOUGHT,
+    "</think>",
+    AGENT_ANSWER,
+    "<tool_call>",
+    AGENT_CALL,
+    "</tool_call>",
+    "<|im_end|>",
+)
+AGENT_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", AGENT_THOUGHT, AGENT_ANSWER, AGENT_CALL)
 
 CORPUS = """\
 The river town woke slowly on autumn mornings. Fog rolled up from the water and settled
@@ -74,8 +123,9 @@ seven." He thanked her, lifted his bag, and hurried away through the narrow stre
 """
 
 
-def train_tokenizer() -> Tokenizer:
-    """Byte-level BPE trained on CORPUS, with the ChatML special tokens at ids 0..2."""
+def train_tokenizer(agent: bool = False) -> Tokenizer:
+    """Byte-level BPE trained on CORPUS, with the ChatML special tokens at ids 0..2 (and the
+    agent flavour's reasoning/tool tags and script pieces as added tokens)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
@@ -88,7 +138,34 @@ def train_tokenizer() -> Tokenizer:
     )
     tokenizer.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    if agent:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in AGENT_TOKENS])
     return tokenizer
+
+
+def _scripted(weights: dict[str, np.ndarray], tokenizer: Tokenizer, seed: int) -> dict[str, np.ndarray]:
+    """Make the model follow :data:`AGENT_SCRIPT`: the layers write nothing into the residual
+    stream, so the logits depend on the current token only, and the untied output head gives
+    each script token's successor a margin of ~20 nats over anything else."""
+    rng = np.random.default_rng(seed + 1)
+    embed = weights["model.embed_tokens.weight"]
+    vocab_size = embed.shape[0]
+    for i in range(LAYERS):
+        weights[f"model.layers.{i}.self_attn.o_proj.weight"][:] = 0.0
+        weights[f"model.layers.{i}.mlp.down_proj.weight"][:] = 0.0
+    weights["model.norm.weight"][:] = 1.0
+    head = rng.normal(0.0, 0.1, size=(vocab_size, HIDDEN)).astype(np.float32)
+    ids = [tokenizer.token_to_id(t) for t in AGENT_SCRIPT]
+    assert None not in ids
+    # The generation prompt ends with "\n" (think on: the script starts with the reasoning
+    # block) or with "</think>" (think off: it starts with the answer).
+    newline = tokenizer.encode("\n").ids[-1]
+    chain = [(newline, ids[0]), *itertools.pairwise(ids)]
+    for prev, nxt in chain:
+        direction = embed[prev] / np.linalg.norm(embed[prev])
+        head[nxt] = 4.0 * direction
+    weights["lm_head.weight"] = head
+    return weights
 
 
 def _weights(vocab_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -149,19 +226,27 @@ def _config(vocab_size: int, tokenizer: Tokenizer) -> dict[str, Any]:
     }
 
 
-def write_tiny_model(out_dir: Path, seed: int = 0) -> None:
+def write_tiny_model(out_dir: Path, seed: int = 0, flavour: str = "plain") -> None:
     """Write a tiny Qwen2 model directory (config, fp32 safetensors, tokenizer) to ``out_dir``.
 
     The tokenizer does not depend on ``seed``; the weights do. Same seed ⇒ identical bytes.
+    ``flavour`` is ``plain`` (ChatML, random weights) or ``agent`` (see the module docstring).
     """
+    if flavour not in ("plain", "agent"):
+        raise ValueError(f"unknown tiny model flavour: {flavour!r}")
+    agent = flavour == "agent"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(agent)
     vocab_size = tokenizer.get_vocab_size()
     eos_id = tokenizer.token_to_id("<|im_end|>")
     assert eos_id is not None
-    save_file(_weights(vocab_size, seed), str(out_dir / "model.safetensors"), metadata={"format": "mlx"})
+    weights = _weights(vocab_size, seed)
+    if agent:
+        weights = _scripted(weights, tokenizer, seed)
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "mlx"})
     os.chmod(out_dir / "model.safetensors", 0o644)  # safetensors creates it owner-only
     config = _config(vocab_size, tokenizer)
+    config["tie_word_embeddings"] = not agent
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_tokenizer_files(
         out_dir,
@@ -171,6 +256,6 @@ def write_tiny_model(out_dir: Path, seed: int = 0) -> None:
         eos_ids=[eos_id],
         pad_token="<|endoftext|>",
         pad_id=tokenizer.token_to_id("<|endoftext|>"),
-        chat_template=CHAT_TEMPLATE,
+        chat_template=AGENT_TEMPLATE if agent else CHAT_TEMPLATE,
         model_max_length=MAX_POSITIONS,
     )

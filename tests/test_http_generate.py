@@ -75,6 +75,13 @@ async def test_engine_request(client: httpx.AsyncClient, engine: ScriptedEngine)
         "seed": -1,
         "stop": ["<|end|>"],  # the model's PARAMETER stop
         "num_ctx": 4096,
+        "min_p": 0.0,
+        "typical_p": 1.0,
+        "repeat_penalty": 1.0,
+        "repeat_last_n": 64,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "num_keep": 1,
     }
 
 
@@ -248,10 +255,17 @@ async def test_unsupported_features(client: httpx.AsyncClient, engine: ScriptedE
     response = await post(client, prompt="def f(", suffix="    return 1")
     assert (response.status_code, error_of(response)) == (400, f"{TINY_FULL} does not support insert")
     response = await post(client, prompt="what is this?", images=["aGVsbG8="])
-    assert response.status_code == 400 and "does not support images" in error_of(response)
-    response = await post(client, prompt="x", template="{{ .Prompt }}")
-    assert response.status_code == 400 and "template overrides are not supported" in error_of(response)
+    assert (response.status_code, error_of(response)) == (
+        400,
+        "this model is missing data required for image input",
+    )
+    response = await post(client, prompt="x", template='{{ define "t" }}x{{ end }}')
+    assert response.status_code == 400 and "unsupported template" in error_of(response)
+    response = await post(client, prompt="x", template="{{ .Prompt")
+    assert response.status_code == 500 and error_of(response).startswith("template:")
     assert engine.loads == []
+    assert (await post(client, prompt="x", template="Q: {{ .Prompt }} A:")).status_code == 200
+    assert engine.requests[-1].template == "Q: {{ .Prompt }} A:"
     # empty values are "not given"
     go_client = {"prompt": "x", "suffix": "", "system": "", "template": "", "images": None, "options": None}
     assert (await post(client, **go_client)).status_code == 200

@@ -23,7 +23,7 @@ def test_defaults() -> None:
     assert resolve_options(8192, None, None).num_ctx == 8192
 
 
-def test_sampling_carries_only_what_the_worker_understands() -> None:
+def test_sampling_carries_every_generation_option() -> None:
     options = resolve_options(4096, None, {"num_keep": 2, "min_p": 0.1, "repeat_penalty": 1.2, "stop": ["x"]})
     assert options.sampling() == {
         "num_predict": -1,
@@ -33,7 +33,16 @@ def test_sampling_carries_only_what_the_worker_understands() -> None:
         "seed": -1,
         "stop": ["x"],
         "num_ctx": 4096,
+        "min_p": 0.1,
+        "typical_p": 1.0,
+        "repeat_penalty": 1.2,
+        "repeat_last_n": 64,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "num_keep": 2,
     }
+    load_time = {"num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict"}
+    assert set(options.sampling()) == {f for f in vars(options) if f not in load_time}
     assert (options.num_keep, options.min_p, options.repeat_penalty) == (2, 0.1, 1.2)
 
 

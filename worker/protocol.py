@@ -27,11 +27,22 @@ class SamplingOptions(TypedDict, total=False):
     seed: int  # -1: random
     stop: list[str]
     num_ctx: int
+    min_p: float
+    typical_p: float  # 1.0: off
+    repeat_penalty: float  # 1.0: off
+    repeat_last_n: int  # 0: off, -1: num_ctx
+    presence_penalty: float
+    frequency_penalty: float
+    num_keep: int  # tokens kept at the start when the context shifts
 
 
 class ChatMessage(TypedDict, total=False):
     role: str
     content: str
+    thinking: str
+    tool_calls: list[dict[str, Any]]  # Ollama's shape: {"function": {"name", "arguments": {...}}}
+    tool_name: str
+    tool_call_id: str
 
 
 class GenerateCommand(TypedDict, total=False):
@@ -47,6 +58,13 @@ class GenerateCommand(TypedDict, total=False):
     context: list[int]
     options: SamplingOptions
     return_context: bool
+    template: str  # an Ollama (Go) template used instead of the tokenizer's chat template
+    suffix: str  # fill-in-the-middle: the text after the insertion point
+    format: Any  # "json" or a JSON Schema object: the output is constrained to it
+    tools: list[dict[str, Any]]  # Ollama tool definitions, handed to the chat template
+    think: bool | str  # absent: the model's default; a level string counts as true
+    truncate: bool  # False: a prompt over num_ctx is an error instead of dropping old messages
+    shift: bool  # False: no context shift; generation stops when the context is full
 
 
 class CancelCommand(TypedDict):
@@ -78,6 +96,8 @@ def decode_command(line: bytes) -> Command:
 # Event tags (the ``t`` key).
 READY = "r"  # model loaded and warmed up: {"t","info"}
 TEXT = "x"  # a text delta of one request: {"t","id","s"}
+THINKING = "h"  # a delta of the model's reasoning: {"t","id","s"}
+TOOL_CALLS = "c"  # parsed tool calls: {"t","id","calls"}
 DONE = "d"  # a request finished: {"t","id","stats"}
 ERROR = "e"  # a request (id >= 0) or the worker (id == -1) failed: {"t","id","msg","status"}
 
@@ -113,6 +133,18 @@ class TextEvent(TypedDict):
     s: str
 
 
+class ThinkingEvent(TypedDict):
+    t: Literal["h"]
+    id: int
+    s: str
+
+
+class ToolCallsEvent(TypedDict):
+    t: Literal["c"]
+    id: int
+    calls: list[dict[str, Any]]  # Ollama's ToolCall shape
+
+
 class DoneEvent(TypedDict):
     t: Literal["d"]
     id: int
@@ -126,7 +158,7 @@ class ErrorEvent(TypedDict):
     status: int
 
 
-Event = ReadyEvent | TextEvent | DoneEvent | ErrorEvent
+Event = ReadyEvent | TextEvent | ThinkingEvent | ToolCallsEvent | DoneEvent | ErrorEvent
 
 WORKER_ID = -1  # the ``id`` of an error that concerns the whole worker, not one request
 
@@ -139,6 +171,14 @@ def text(request_id: int, delta: str) -> bytes:
     return orjson.dumps({"t": TEXT, "id": request_id, "s": delta})
 
 
+def thinking(request_id: int, delta: str) -> bytes:
+    return orjson.dumps({"t": THINKING, "id": request_id, "s": delta})
+
+
+def tool_calls(request_id: int, calls: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps({"t": TOOL_CALLS, "id": request_id, "calls": calls})
+
+
 def done(request_id: int, stats: DoneStats) -> bytes:
     return orjson.dumps({"t": DONE, "id": request_id, "stats": stats})
 
@@ -149,6 +189,6 @@ def error(request_id: int, message: str, status: int = 500) -> bytes:
 
 def decode_event(payload: bytes) -> Event:
     obj: Any = orjson.loads(payload)
-    if not isinstance(obj, dict) or obj.get("t") not in (READY, TEXT, DONE, ERROR):
+    if not isinstance(obj, dict) or obj.get("t") not in (READY, TEXT, THINKING, TOOL_CALLS, DONE, ERROR):
         raise ValueError(f"not a worker event: {payload[:80]!r}")
     return cast(Event, obj)

@@ -14,11 +14,14 @@ from daemon.routes.inference import (
     Shape,
     check_capabilities,
     check_format,
+    check_images,
+    check_template,
     load,
     load_answer,
     merged_options,
     run,
     start_call,
+    think_value,
     unload_answer,
     unsupported,
 )
@@ -34,18 +37,20 @@ async def chat(request: Request) -> Response:
 
     if not body.messages and body.keep_alive == 0:
         return await unload_answer(call, shape)
-    check_capabilities(call, "chat")
-    if body.tools:
+    found = check_capabilities(call, "chat")
+    if body.tools and "tools" not in found:
         raise unsupported(call, "tools")
-    if any(message.images for message in body.messages):
-        raise unsupported(call, "images")
+    check_template(call.model.config.template)
+    check_images([image for message in body.messages for image in message.images])
 
     options = merged_options(call)
     load_ns = await load(call)
     if not body.messages:
         return load_answer(shape)
     check_format(body.format)
-    return await run(call, shape, build_request(call, body, options.sampling()), load_ns)
+    generation = build_request(call, body, options.sampling())
+    generation.think = think_value(call, found)
+    return await run(call, shape, generation, load_ns)
 
 
 def build_request(call: Call, body: ChatBody, options: SamplingOptions) -> GenerationRequest:
@@ -56,4 +61,12 @@ def build_request(call: Call, body: ChatBody, options: SamplingOptions) -> Gener
     messages.extend(message.chat() for message in body.messages)
     if body.messages[0].role != "system" and config.system:
         messages.insert(0, ChatMessage(role="system", content=config.system))
-    return GenerationRequest(messages=messages, options=options)
+    return GenerationRequest(
+        messages=messages,
+        template=config.template,
+        tools=[tool for tool in body.tools if isinstance(tool, dict)],
+        format=body.format or None,
+        options=options,
+        truncate=body.truncate,
+        shift=body.shift,
+    )

@@ -14,11 +14,14 @@ from daemon.routes.inference import (
     Shape,
     check_capabilities,
     check_format,
+    check_images,
+    check_template,
     load,
     load_answer,
     merged_options,
     run,
     start_call,
+    think_value,
     unload_answer,
     unsupported,
 )
@@ -26,7 +29,6 @@ from daemon.schemas import GenerateBody
 from worker.protocol import ChatMessage, SamplingOptions
 
 RAW_CONFLICT = "raw mode does not support template, system, or context"
-NO_TEMPLATE_OVERRIDE = "template overrides are not supported yet; leave 'template' empty"
 
 
 async def generate(request: Request) -> Response:
@@ -39,28 +41,38 @@ async def generate(request: Request) -> Response:
         return await unload_answer(call, shape)
     if body.raw and (body.template or body.system or body.context):
         raise ApiError(RAW_CONFLICT)
-    check_capabilities(call, "generate")
-    if body.suffix:
+    found = check_capabilities(call, "generate")
+    if body.suffix and "insert" not in found:
         raise unsupported(call, "insert")
-    if body.images:
-        raise unsupported(call, "images")
-    if body.template:
-        raise ApiError(NO_TEMPLATE_OVERRIDE)
+    template = body.template or call.model.config.template
+    check_template(template)
+    check_images(body.images)
 
     options = merged_options(call)
     load_ns = await load(call)
     if body.prompt == "":
         return load_answer(shape)
     check_format(body.format)
-    return await run(call, shape, build_request(call, body, options.sampling()), load_ns)
+    generation = build_request(call, body, options.sampling())
+    generation.think = think_value(call, found)
+    return await run(call, shape, generation, load_ns)
 
 
 def build_request(call: Call, body: GenerateBody, options: SamplingOptions) -> GenerationRequest:
     """Raw: the prompt as is. Otherwise the messages Ollama renders: the system prompt (the
     request's, else the model's), the Modelfile MESSAGEs unless ``context`` continues an
-    earlier exchange, then the prompt as the user turn."""
+    earlier exchange, then the prompt as the user turn; with a ``suffix``, a
+    fill-in-the-middle prompt. The request's ``template`` replaces the model's."""
     if body.raw:
-        return GenerationRequest(prompt=body.prompt, raw=True, options=options)
+        request = GenerationRequest(prompt=body.prompt, raw=True, options=options)
+    else:
+        request = _templated(call, body, options)
+    request.format = body.format or None
+    request.truncate, request.shift = body.truncate, body.shift
+    return request
+
+
+def _templated(call: Call, body: GenerateBody, options: SamplingOptions) -> GenerationRequest:
     config = call.model.config
     messages: list[ChatMessage] = []
     system = body.system or config.system
@@ -71,4 +83,12 @@ def build_request(call: Call, body: GenerateBody, options: SamplingOptions) -> G
             ChatMessage(role=m.get("role", ""), content=m.get("content", "")) for m in config.messages
         )
     messages.append(ChatMessage(role="user", content=body.prompt))
-    return GenerationRequest(messages=messages, context=body.context, options=options, return_context=True)
+    return GenerationRequest(
+        messages=messages,
+        prompt=body.prompt,
+        suffix=body.suffix,
+        template=body.template or config.template,
+        context=body.context,
+        options=options,
+        return_context=True,
+    )

@@ -16,19 +16,30 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from daemon.capabilities import capabilities
 from daemon.durations import go_quote
-from daemon.engine import EngineError, Finished, GenerationEvent, GenerationRequest, ModelHandle
+from daemon.engine import (
+    EngineError,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    ModelHandle,
+    TextChunk,
+    ThinkingChunk,
+)
 from daemon.errors import ApiError
 from daemon.ndjson import JSONResponse, NDJSONResponse, aclose, clock, dumps_line, until_disconnect
 from daemon.options import OptionError, Options, resolve_options
 from daemon.routes import Services, find_model, model_handle, services
 from daemon.schemas import InferenceBody, validate_top_logprobs
 from registry.store import InstalledModel
+from worker.gotemplate import Template, TemplateError, Unsupported
 
 log = logging.getLogger("mlxd.http")
 
 INCOMPLETE = "the model stopped without finishing the response"
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it, the client is gone
+NO_VISION = "this model is missing data required for image input"
 
 
 @dataclass
@@ -55,13 +66,44 @@ async def start_call(request: Request, body: InferenceBody, started_ns: int, emp
     return Call(request, svc, body, model, model_handle(model), started_ns)
 
 
-def check_capabilities(call: Call, verb: str) -> None:
-    """The think check, then ``completion`` (``verb`` is "generate" or "chat")."""
+def check_capabilities(call: Call, verb: str) -> list[str]:
+    """The think check, then ``completion`` (``verb`` is "generate" or "chat"); the model's
+    capabilities, for the checks that follow."""
     body = call.body
-    if body.think:  # True or any level; this engine has no thinking support
+    found = capabilities(call.model)
+    if body.think and "thinking" not in found:  # True or any level
         raise ApiError(f"{go_quote(body.model)} does not support thinking")
-    if "completion" not in call.model.config.capabilities:
+    if "completion" not in found:
         raise ApiError(f"{go_quote(body.model)} does not support {verb}")
+    return found
+
+
+def think_value(call: Call, found: list[str]) -> bool | str | None:
+    """What reaches the engine: ``None`` (the model's default: on for thinking models, as
+    Ollama defaults it) unless the request set it; ``false`` is dropped for other models."""
+    think = call.body.think
+    if think is None or "thinking" not in found:
+        return None
+    return think
+
+
+def check_template(source: str) -> None:
+    """An Ollama template (request ``template`` or Modelfile ``TEMPLATE``) must parse: a syntax
+    error is Ollama's 500; valid Go that this server cannot render is a 400 saying so."""
+    if not source:
+        return
+    try:
+        Template(source)
+    except Unsupported as exc:
+        raise ApiError(f"unsupported template: {exc}", 400) from None
+    except TemplateError as exc:
+        raise ApiError(str(exc), 500) from None
+
+
+def check_images(images: list[str]) -> None:
+    """No model here takes images: Ollama's answer for a text-only model."""
+    if images:
+        raise ApiError(NO_VISION, 400)
 
 
 def unsupported(call: Call, feature: str) -> ApiError:
@@ -79,11 +121,8 @@ def merged_options(call: Call) -> Options:
 
 
 def check_format(value: Any) -> None:
-    """``format``: absent, ``""``, ``"json"`` or a JSON Schema object (reference §2.6).
-
-    The value is validated only: constrained decoding is not implemented by the engine yet,
-    so nothing about it reaches the engine.
-    """
+    """``format``: absent, ``""``, ``"json"`` or a JSON Schema object (reference §2.6); the
+    worker enforces it token by token."""
     if value is None or value in ("", "json") or isinstance(value, dict):
         return
     raw = orjson.dumps(value).decode()
@@ -109,15 +148,46 @@ class Shape:
     def line(self, text: str) -> bytes:
         return b"".join((self._head, clock.now().encode(), self._middle, orjson.dumps(text), self._tail))
 
-    def final(self, text: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def event_line(self, event: GenerationEvent) -> bytes:
+        """A content, thinking or tool-calls chunk (not the final one)."""
+        if isinstance(event, TextChunk):
+            return self.line(event.text)
+        extra: dict[str, Any] = (
+            {"thinking": event.text} if isinstance(event, ThinkingChunk) else {"tool_calls": event.calls}  # type: ignore[union-attr]
+        )
         obj: dict[str, Any] = {"model": self.model, "created_at": clock.now()}
         if self.chat:
-            obj["message"] = {"role": "assistant", "content": text}
+            obj["message"] = {"role": "assistant", "content": "", **extra}
         else:
-            obj["response"] = text
+            obj.update(response="", **extra)
+        obj["done"] = False
+        return dumps_line(obj)
+
+    def final(self, text: str | Output, fields: dict[str, Any]) -> dict[str, Any]:
+        out = text if isinstance(text, Output) else Output(text)
+        extra: dict[str, Any] = {}
+        if out.thinking:
+            extra["thinking"] = out.thinking
+        if out.tool_calls:
+            extra["tool_calls"] = out.tool_calls
+        obj: dict[str, Any] = {"model": self.model, "created_at": clock.now()}
+        if self.chat:
+            obj["message"] = {"role": "assistant", "content": out.content, **extra}
+        else:
+            obj["response"] = out.content
+            obj.update(extra)
         obj["done"] = True
         obj.update(fields)
         return obj
+
+
+@dataclass
+class Output:
+    """A whole response (``stream: false``): content, thoughts and tool calls."""
+
+    content: str
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 def final_fields(finished: Finished, total_ns: int, load_ns: int, with_context: bool) -> dict[str, Any]:
@@ -173,7 +243,7 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
     async def release() -> None:
         await aclose(events)
 
-    def final(text: str, finished: Finished) -> dict[str, Any]:
+    def final(text: str | Output, finished: Finished) -> dict[str, Any]:
         total_ns = time.perf_counter_ns() - call.started_ns
         return shape.final(text, final_fields(finished, total_ns, load_ns, shape.with_context))
 
@@ -201,12 +271,19 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
     return NDJSONResponse(_lines(first, events, shape, final, release))
 
 
-async def _collect(events: AsyncIterator[GenerationEvent]) -> tuple[str, Finished]:
+async def _collect(events: AsyncIterator[GenerationEvent]) -> tuple[Output, Finished]:
     parts: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
     async for event in events:
         if isinstance(event, Finished):
-            return "".join(parts), event
-        parts.append(event.text)
+            return Output("".join(parts), "".join(thoughts), calls or None), event
+        if isinstance(event, TextChunk):
+            parts.append(event.text)
+        elif isinstance(event, ThinkingChunk):
+            thoughts.append(event.text)
+        else:
+            calls.extend(event.calls)
     raise EngineError(INCOMPLETE)
 
 
@@ -221,12 +298,12 @@ async def _lines(
         if isinstance(first, Finished):
             yield dumps_line(final("", first))
             return
-        yield shape.line(first.text)
+        yield shape.event_line(first)
         async for event in events:
             if isinstance(event, Finished):
                 yield dumps_line(final("", event))
                 return
-            yield shape.line(event.text)
+            yield shape.event_line(event)
         raise EngineError(INCOMPLETE)
     finally:
         await release()
