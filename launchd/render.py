@@ -52,6 +52,7 @@ class ServiceSpec:
     home: Path  # the user's home directory (``Path.home()``)
     shutdown_timeout: float = 10.0
     skipped: list[str] = field(default_factory=list)  # variables that cannot be written into a file
+    working_directory: str | None = None  # set when ``python -m daemon`` must find the source tree
 
     @classmethod
     def current(cls, environ: Mapping[str, str] | None = None, home: Path | None = None) -> ServiceSpec:
@@ -69,12 +70,14 @@ class ServiceSpec:
             if key in _PATH_VARIABLES:
                 value = os.path.abspath(os.path.expanduser(value.strip().strip("\"'")))
             captured[key] = value
+        command = program()
         return cls(
-            program=program(),
+            program=command,
             environment=captured,
             home=Path.home() if home is None else home,
             shutdown_timeout=shutdown_timeout(env),
             skipped=skipped,
+            working_directory=None if command[-3:-1] != ("-m", "daemon") else source_root(),
         )
 
     @property
@@ -89,6 +92,13 @@ def program() -> tuple[str, ...]:
     if script.is_file() and os.access(script, os.X_OK):
         return (str(script), "serve")
     return (os.path.abspath(sys.executable), "-m", "daemon", "serve")
+
+
+def source_root() -> str:
+    """The directory that holds the ``daemon`` package (a checkout, when mlxd is not installed)."""
+    import daemon
+
+    return str(Path(os.path.abspath(daemon.__file__)).parent.parent)
 
 
 # ---------------------------------------------------------------------------- paths
@@ -132,6 +142,8 @@ def render_plist(spec: ServiceSpec) -> bytes:
     plist["StandardOutPath"] = str(log_file(spec.home))
     plist["StandardErrorPath"] = str(log_file(spec.home))
     plist["ExitTimeOut"] = spec.stop_timeout
+    if spec.working_directory is not None:
+        plist["WorkingDirectory"] = spec.working_directory
     return plistlib.dumps(plist, sort_keys=False)
 
 
@@ -169,6 +181,7 @@ def render_unit(spec: ServiceSpec) -> str:
         "[Service]",
         "Type=simple",
         "ExecStart=" + " ".join(_quote_word(word) for word in spec.program),
+        *([f"WorkingDirectory={_unit_escape(spec.working_directory)}"] if spec.working_directory else []),
         *(_environment_line(key, value) for key, value in spec.environment.items()),
         "Restart=on-failure",
         "RestartSec=3",

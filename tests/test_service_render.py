@@ -25,6 +25,7 @@ from launchd.render import (
     render_unit,
     unit_path,
 )
+from tests.conftest import ROOT
 
 ENV = {
     "OLLAMA_HOST": "127.0.0.1:11500",
@@ -73,11 +74,20 @@ def test_program_is_the_mlxd_script_next_to_the_interpreter(
     python.parent.mkdir()
     python.write_text("")
     monkeypatch.setattr(sys, "executable", str(python))
-    assert program() == (str(python), "-m", "daemon", "serve")  # no script: the module
+    # No script (mlxd is not installed): the module, run from the source tree.
+    assert program() == (str(python), "-m", "daemon", "serve")
+    spec = ServiceSpec.current({}, tmp_path)
+    assert spec.working_directory == str(ROOT)
+    assert plistlib.loads(render_plist(spec))["WorkingDirectory"] == str(ROOT)
+    assert f"\nWorkingDirectory={ROOT}\n" in render_unit(spec)
     script = tmp_path / "bin" / "mlxd"
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     assert program() == (str(script), "serve")
+    spec = ServiceSpec.current({}, tmp_path)
+    assert spec.working_directory is None
+    assert "WorkingDirectory" not in plistlib.loads(render_plist(spec))
+    assert "WorkingDirectory" not in render_unit(spec)
 
 
 def test_plist_has_every_key_with_its_type(spec: ServiceSpec) -> None:
@@ -100,7 +110,8 @@ def test_plist_has_every_key_with_its_type(spec: ServiceSpec) -> None:
     hard = plist["HardResourceLimits"]["NumberOfFiles"]
     assert type(soft) is int and type(hard) is int and 256 < soft <= hard
     # Every key of the shipped template is kept, in its order.
-    assert list(plist) == list(plist_template())
+    extra = ["WorkingDirectory"] if spec.working_directory else []
+    assert list(plist) == list(plist_template()) + extra
 
 
 def test_plist_stop_timeout_follows_the_shutdown_bound(tmp_path: Path) -> None:
