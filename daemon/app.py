@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -14,6 +15,7 @@ from daemon.engine import Engine, EngineError
 from daemon.errors import ApiError, CatchAllMiddleware, api_error_handler, http_exception_handler
 from daemon.routes import Services, routes
 from daemon.shutdown import Drain, ShutdownMiddleware
+from registry.pull import Puller
 from registry.store import Store
 
 
@@ -31,6 +33,8 @@ def create_app(settings: Settings, engine: Engine, store: Store, drain: Drain | 
         try:
             yield
         finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(app.state.puller.close)
             await engine.close()
 
     app = Starlette(
@@ -45,4 +49,5 @@ def create_app(settings: Settings, engine: Engine, store: Store, drain: Drain | 
     )
     app.state.services = Services(settings=settings, engine=engine, store=store)
     app.state.drain = drain
+    app.state.puller = Puller(store)  # replaceable (tests point it at a fake hub)
     return app

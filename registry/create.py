@@ -6,7 +6,12 @@
   (``template``/``system`` when non-empty, ``parameters`` key by key, ``messages`` when
   non-empty) and licenses are appended, as Ollama does;
 * a local MLX model directory (it must hold ``config.json``);
-* a local GGUF file, converted to an MLX directory inside the store first.
+* a local GGUF file, converted to an MLX directory inside the store first;
+* a model to pull (a catalog name or a Hugging Face id), when a ``pull`` function is given.
+
+``files`` (``{"relative/name": "sha256:<hex>"}``, used when ``from`` is empty) names blobs
+uploaded with ``POST /api/blobs`` (``registry.uploads``): the files of an MLX model directory
+(``config.json`` among them), or one GGUF file.
 
 :func:`create_model` is a generator of Ollama progress objects. Everything that can be
 checked up front (the name, the parameters, the source) raises :class:`CreateError`
@@ -17,7 +22,6 @@ failures raise too and become an ``{"error": …}`` line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -27,9 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from registry.model_dir import config_model_info, describe_model_dir, detect_capabilities
 from registry.modelfile import MESSAGE_ROLES, ParameterError, normalize_parameters, parse_modelfile
 from registry.names import InvalidName, ModelName, parse_name
-from registry.store import InstalledModel, Layer, ModelConfig, Store, StoreError, iter_source_files
+from registry.store import (
+    InstalledModel,
+    Layer,
+    ModelConfig,
+    Store,
+    StoreError,
+    blob_hex,
+    iter_source_files,
+    safe_relpath,
+)
+from registry.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +53,13 @@ GGUF_MAGIC = b"GGUF"
 INVALID_MODEL_NAME = "invalid model name"
 NO_SOURCE = "neither 'from' or 'files' was specified"
 NOT_GGUF = "supplied file was not in GGUF format"
+NOT_RELATIVE = "file path must be relative"
+CAPABILITY_ORDER = ("completion", "tools", "insert", "vision", "embedding", "thinking")  # Ollama's
+INVALID_DIGEST = "invalid digest format"
+UNKNOWN_FILES = (
+    "'files' must name the files of an MLX model directory (config.json, *.safetensors, "
+    "tokenizer files) or one GGUF file"
+)
 
 _T = TypeVar("_T")
 # A step of the pipeline: yields progress objects, returns its result.
@@ -57,6 +79,7 @@ class CreateRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
     license: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # relative name → "sha256:<hex>"
 
 
 class CreateError(Exception):
@@ -71,8 +94,9 @@ class CreateError(Exception):
 @dataclass
 class _Plan:
     name: ModelName
-    kind: str  # "model" | "dir" | "gguf" | "pull"
+    kind: str  # "model" | "dir" | "gguf" | "pull" | "files" | "gguf-blob"
     source: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
     base: InstalledModel | None = None
     base_name: ModelName | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -101,14 +125,18 @@ def create_model(
             layers, config = yield from _from_model(store, plan.base, req, plan)
         elif plan.kind == "dir":
             assert plan.source is not None
-            details = _describe(plan.source)
+            config = _new_config(req, plan, plan.source)
             layers = yield from _ingest(store, plan.source, move=False)
-            config = _new_config(req, plan, details)
+        elif plan.kind == "files":
+            layers, config = yield from _from_files(store, req, plan)
         else:
             assert plan.source is not None
             layers, config = yield from _from_gguf(store, plan.source, req, plan)
         yield {"status": "writing manifest"}
         store.write_manifest(plan.name, layers, config)
+    if plan.kind == "gguf" and plan.files:  # the uploaded GGUF was converted: not needed any more
+        for digest in plan.files.values():
+            Uploads(store).path(digest).unlink(missing_ok=True)
     store.gc()  # drops the files of a replaced tag
     yield {"status": "success"}
 
@@ -130,6 +158,9 @@ def _plan(store: Store, req: CreateRequest, can_pull: bool) -> _Plan:
         license=_licenses(req.license),
     )
     source = (req.from_ or "").strip()
+    if not source and req.files:
+        _plan_files(store, plan, req.files)
+        return plan
     if not source:
         raise CreateError(NO_SOURCE)
     # A name never starts with "/", "." or "~": everything else is a model name.
@@ -231,9 +262,62 @@ def _from_gguf(store: Store, gguf: Path, req: CreateRequest, plan: _Plan) -> _St
         out = work / "model"
         yield {"status": "converting model"}
         yield from _convert(gguf, out)
-        details = _describe(out)
+        config = _new_config(req, plan, out)
         layers = yield from _ingest(store, out, move=True)
-    return layers, _new_config(req, plan, details)
+    return layers, config
+
+
+def _plan_files(store: Store, plan: _Plan, files: dict[str, str]) -> None:
+    """Check ``files`` up front: safe relative names, well-formed digests of blobs that were
+    uploaded, and a recognizable model (an MLX directory or one GGUF file)."""
+    uploads = Uploads(store)
+    for name, digest in files.items():
+        try:
+            safe_relpath(name)
+        except StoreError:
+            raise CreateError(NOT_RELATIVE) from None
+        if name.startswith("/"):
+            raise CreateError(NOT_RELATIVE)
+        try:
+            blob_hex(digest) if isinstance(digest, str) else blob_hex("")
+        except ValueError:
+            raise CreateError(INVALID_DIGEST) from None
+        if not uploads.exists(digest):
+            raise CreateError(f'blob "{digest}" not found: upload it first with POST /api/blobs/{digest}')
+    plan.files = dict(files)
+    if "config.json" in files:
+        plan.kind = "files"
+        return
+    if len(files) == 1:
+        path = uploads.locate(next(iter(files.values())))
+        assert path is not None
+        with open(path, "rb") as f:
+            if f.read(4) == GGUF_MAGIC:
+                plan.kind, plan.source = "gguf", path
+                return
+    raise CreateError(UNKNOWN_FILES)
+
+
+def _from_files(store: Store, req: CreateRequest, plan: _Plan) -> _Steps[_Result]:
+    """An MLX model directory from uploaded blobs: they become its layers as they are."""
+    uploads = Uploads(store)
+    layers: list[Layer] = []
+    for name, digest in sorted(plan.files.items()):
+        try:
+            found, size, existed = uploads.claim(digest)
+        except (OSError, StoreError) as e:
+            raise CreateError(f"cannot add {name}: {e}", 500) from e
+        verb = "using existing" if existed else "creating new"
+        yield {"status": f"{verb} layer {found}"}
+        layers.append(Layer(digest=found, size=size, filename=name))
+    with store.temp_dir() as work:
+        view = work / "model"
+        for layer in layers:
+            link = view / safe_relpath(layer.filename)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(store.blob_path(layer.digest))
+        config = _new_config(req, plan, view)
+    return layers, config
 
 
 def _convert(gguf: Path, out: Path) -> Iterator[dict[str, Any]]:
@@ -267,64 +351,54 @@ def _convert(gguf: Path, out: Path) -> Iterator[dict[str, Any]]:
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    """``describe_model_dir``'s details; a minimal reading of ``config.json`` when that module
-    is not available."""
-    try:
-        from registry.model_dir import describe_model_dir
-    except ImportError:
-        return _describe_minimal(path)
     try:
         return describe_model_dir(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CreateError(f"cannot read the model in {path.name}: {e}") from e
 
 
-def _describe_minimal(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CreateError(f"cannot read config.json: {e}") from e
-    if not isinstance(config, dict):
-        raise CreateError("config.json is not a JSON object")
-    return {
-        "family": str(config.get("model_type", "")),
-        "parameter_count": 0,
-        "parameter_size": "",
-        "quantization_level": "",
-        "context_length": int(config.get("max_position_embeddings") or 0),
-        "embedding_length": int(config.get("hidden_size") or 0),
-    }
-
-
-def _new_config(req: CreateRequest, plan: _Plan, details: dict[str, Any]) -> ModelConfig:
-    family = str(details.get("family") or "")
-    count = int(details.get("parameter_count") or 0)
-    context = int(details.get("context_length") or 0)
-    embedding = int(details.get("embedding_length") or 0)
-    info: dict[str, Any] = {}
-    if family:
-        info["general.architecture"] = family
-        if count:
-            info["general.parameter_count"] = count
-        if context:
-            info[f"{family}.context_length"] = context
-        if embedding:
-            info[f"{family}.embedding_length"] = embedding
-    return ModelConfig(
+def _new_config(req: CreateRequest, plan: _Plan, path: Path) -> ModelConfig:
+    return config_from_dir(
+        path,
         template=req.template,
         system=req.system,
         parameters=plan.parameters,
         messages=plan.messages,
         license=plan.license,
-        format="safetensors",
+    )
+
+
+def config_from_dir(
+    path: Path,
+    *,
+    template: str = "",
+    system: str = "",
+    parameters: dict[str, Any] | None = None,
+    messages: list[dict[str, str]] | None = None,
+    license: list[str] | None = None,
+    extra_capabilities: tuple[str, ...] = (),
+) -> ModelConfig:
+    """The config of a new model whose files are in ``path``: the given Modelfile settings,
+    and what the files say (details, capabilities, ``model_info``)."""
+    details = _describe(path)
+    family = str(details.get("family") or "")
+    found = {*detect_capabilities(path), *extra_capabilities}
+    capabilities = [name for name in CAPABILITY_ORDER if name in found]
+    return ModelConfig(
+        template=template,
+        system=system,
+        parameters=dict(parameters or {}),
+        messages=list(messages or []),
+        license=list(license or []),
+        format="mlx",
         family=family,
         families=[family] if family else None,
         parameter_size=str(details.get("parameter_size") or ""),
         quantization_level=str(details.get("quantization_level") or ""),
-        context_length=context,
-        embedding_length=embedding,
-        capabilities=["completion"],
-        model_info=info,
+        context_length=int(details.get("context_length") or 0),
+        embedding_length=int(details.get("embedding_length") or 0),
+        capabilities=capabilities,
+        model_info=config_model_info(path, details),
     )
 
 

@@ -75,7 +75,7 @@ class ModelConfig:
     license: list[str] = field(default_factory=list)
     parent_model: str = ""
     # ModelDetails
-    format: str = "safetensors"
+    format: str = "mlx"
     family: str = ""
     families: list[str] | None = None
     parameter_size: str = ""

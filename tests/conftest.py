@@ -17,6 +17,9 @@ import httpx
 import pytest
 
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
+# Tests never reach the real Hugging Face: pulls go to a fake hub, or fail fast here.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ.pop("HF_TOKEN", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tiny"

@@ -71,7 +71,7 @@ def test_from_directory(store: Store, src: Path, fake_describe: None) -> None:
         ["MIT"],
         "",
     )
-    assert (cfg.format, cfg.family, cfg.families) == ("safetensors", "qwen2", ["qwen2"])
+    assert (cfg.format, cfg.family, cfg.families) == ("mlx", "qwen2", ["qwen2"])
     assert (cfg.parameter_size, cfg.quantization_level) == ("494.03M", "Q4_0")
     assert (cfg.context_length, cfg.embedding_length) == (32768, 896)
     assert cfg.capabilities == ["completion"]
@@ -242,7 +242,7 @@ def test_from_gguf(
     model = store.resolve("from-gguf")
     assert model is not None
     assert json.loads((model.path / "config.json").read_text())["model_type"] == "qwen2"
-    assert model.config.format == "safetensors"
+    assert model.config.format == "mlx"
     assert list((store.home / "tmp").iterdir()) == []
 
 

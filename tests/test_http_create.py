@@ -63,7 +63,7 @@ async def test_create_errors(client: httpx.AsyncClient) -> None:
         ({"from": "tiny"}, 400, "invalid model name"),
         ({"model": "bad name!", "from": "tiny"}, 400, "invalid model name"),
         ({"model": "x"}, 400, "neither 'from' or 'files' was specified"),
-        ({"model": "x", "files": {"model.gguf": "sha256:" + "0" * 64}}, 400, "'files' is not supported yet"),
+        ({"model": "x", "files": {"model.gguf": "sha256:" + "0" * 64}}, 400, "not found"),
         (
             {"model": "x", "from": "tiny", "adapters": {"a.gguf": "sha256:00"}},
             400,
@@ -80,12 +80,16 @@ async def test_create_errors(client: httpx.AsyncClient) -> None:
             response = await client.post("/api/create", json={**payload, "stream": stream})
             assert response.status_code == status, payload
             assert text in error_of(response), payload
+    # A "from" that is not installed is pulled first, and "nope" is in no catalog (as Ollama).
+    response = await client.post("/api/create", json={"model": "x", "from": "nope", "stream": False})
+    assert response.status_code == 500
+    assert error_of(response).startswith("pull model manifest: file does not exist")
     response = await client.post("/api/create", json={"model": "x", "from": "nope"})
-    assert response.status_code in (400, 404) and "not found" in error_of(response)
+    assert ndjson(response)[-1]["error"].startswith("pull model manifest: file does not exist")
 
 
 def scripted_create(steps: list[dict[str, Any] | CreateError]) -> Any:
-    def create_model(store: Store, req: CreateRequest) -> Iterator[dict[str, Any]]:
+    def create_model(store: Store, req: CreateRequest, pull: Any = None) -> Iterator[dict[str, Any]]:
         for step in steps:
             if isinstance(step, CreateError):
                 raise step
@@ -119,7 +123,7 @@ async def test_request_reaches_the_registry(
 ) -> None:
     seen: list[CreateRequest] = []
 
-    def create_model(store: Store, req: CreateRequest) -> Iterator[dict[str, Any]]:
+    def create_model(store: Store, req: CreateRequest, pull: Any = None) -> Iterator[dict[str, Any]]:
         seen.append(req)
         yield {"status": "success"}
 

@@ -71,7 +71,7 @@ async def test_tags(client: httpx.AsyncClient, store: Store) -> None:
     assert modified == installed.modified_at
     assert tiny["details"] == {
         "parent_model": "",
-        "format": "safetensors",
+        "format": "mlx",
         "family": "llama",
         "families": ["llama"],
         "parameter_size": "135M",

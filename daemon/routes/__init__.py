@@ -44,7 +44,7 @@ def model_handle(model: InstalledModel) -> ModelHandle:
 
 
 def routes() -> list[BaseRoute]:
-    from daemon.routes import chat, create, generate, models
+    from daemon.routes import chat, create, generate, manage, models, pull
 
     return [
         Route("/", models.root, methods=["GET", "HEAD"]),
@@ -54,4 +54,10 @@ def routes() -> list[BaseRoute]:
         Route("/api/generate", generate.generate, methods=["POST"]),
         Route("/api/chat", chat.chat, methods=["POST"]),
         Route("/api/create", create.create, methods=["POST"]),
+        Route("/api/pull", pull.pull, methods=["POST"]),
+        Route("/api/push", pull.push, methods=["POST"]),
+        Route("/api/copy", manage.copy, methods=["POST"]),
+        Route("/api/delete", manage.delete, methods=["DELETE"]),
+        Route("/api/blobs/{digest}", manage.head_blob, methods=["HEAD"]),
+        Route("/api/blobs/{digest}", manage.post_blob, methods=["POST"]),
     ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +14,7 @@ from daemon.errors import ApiError
 from daemon.ndjson import JSONResponse
 from daemon.routes import INVALID_MODEL_NAME, find_model, services
 from daemon.schemas import ShowBody
+from registry.model_dir import chat_template as tokenizer_chat_template
 from registry.modelfile import render_modelfile, render_parameters
 from registry.names import InvalidName, parse_name
 from registry.store import InstalledModel, ModelConfig
@@ -117,22 +116,3 @@ def show_response(model: InstalledModel, body: ShowBody) -> dict[str, Any]:
         out["capabilities"] = list(config.capabilities)
     out["modified_at"] = local_time(model.modified_at)
     return out
-
-
-def tokenizer_chat_template(path: Path) -> str:
-    """The chat template of an MLX model directory: ``tokenizer_config.json``'s
-    ``chat_template`` (a string, or a list of named templates), else ``chat_template.jinja``."""
-    try:
-        data = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    template = data.get("chat_template") if isinstance(data, dict) else None
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next((t for t in named.values() if isinstance(t, str)), None)
-    if isinstance(template, str) and template:
-        return template
-    try:
-        return (path / "chat_template.jinja").read_text(encoding="utf-8")
-    except OSError:
-        return ""
