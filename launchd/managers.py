@@ -3,7 +3,8 @@
 Each verb is a short plan of file writes and commands carried out by a :class:`Runner`, which
 either does them or, with ``--dry-run``, prints them as a shell script (files as here-documents)
 and runs nothing. Commands are looked up on ``PATH``. Installing is idempotent: an unchanged
-service that is already loaded is left alone; a changed one is replaced.
+service that is already loaded is left alone; a changed one is replaced. A dry run queries
+nothing either, so it shows the plan for a service that is not installed yet.
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ class Launchd:
         state = self.state()
         current = self.plist.read_bytes() if self.plist.is_file() else None
         if state is not None and state.loaded and current == content:
+            if not state.running:  # stopped with `mlxd service stop`: installing means running
+                self.runner.must(["launchctl", "kickstart", self.target])
             self.runner.note(f"mlxd is already installed and loaded ({self.plist})")
             return 0
         self.runner.makedirs(self.plist.parent, log_dir(self.home))

@@ -251,6 +251,10 @@ def test_launchd_lifecycle(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> 
     assert mlxd(capsys, "stop", "--system", "launchd")[0] == 0
     code, out, _ = mlxd(capsys, "status", "--system", "launchd")
     assert code == 3 and "loaded, not running (last exit code 0)" in out
+    # Installing a stopped service (unchanged) starts it.
+    fakes.clear()
+    assert mlxd(capsys, "install", "--system", "launchd")[0] == 0
+    assert fakes.changes() == [["launchctl", "kickstart", target]]
 
     log_file(fakes.home).write_text("a log line\n")
     fakes.clear()
