@@ -72,7 +72,10 @@ class OutputRouter:
         self.tool_parser = tool_parser
         self.tools = tools
         # "start": nothing but whitespace seen yet; "thinking", "content", "tool"
-        self.state = "thinking" if opened_thinking and self.think_start else "start"
+        if self.think_start is None:
+            self.state = "content"
+        else:
+            self.state = "thinking" if opened_thinking else "start"
         self._strip = self.state == "thinking"  # drop whitespace before the next text
         self._buf = ""
         self._tool_text = ""
@@ -104,9 +107,7 @@ class OutputRouter:
             stripped = buf.lstrip()
             if not stripped:
                 return False
-            if self.think_start is None:
-                self.state = "content"
-                return True
+            assert self.think_start is not None
             if stripped.startswith(self.think_start):
                 self._buf = stripped[len(self.think_start) :]
                 self.state, self._strip = "thinking", True

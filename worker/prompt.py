@@ -212,6 +212,9 @@ class PromptBuilder:
             kwargs["tools"] = command["tools"]
         if self.has_thinking:
             kwargs["enable_thinking"] = think
+        level = command.get("think")
+        if isinstance(level, str):  # templates with effort levels (gpt-oss) read this one
+            kwargs["reasoning_effort"] = "high" if level == "max" else level
         return list(self.tokenizer.apply_chat_template(hf_messages(messages), **kwargs))
 
     def _fim(self, command: GenerateCommand) -> list[int]:
