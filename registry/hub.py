@@ -120,7 +120,7 @@ class Hub:
         from huggingface_hub.hf_api import RepoFile
 
         api = HfApi(endpoint=self.endpoint, token=self.token)
-        with self._errors(f"{MANIFEST_NOT_FOUND}", source):
+        with self._errors("pull model manifest", source, missing=MANIFEST_NOT_FOUND):
             info = api.model_info(source.repo_id, revision=source.revision)
             commit = info.sha
             if not commit:
@@ -171,8 +171,9 @@ class Hub:
                 os.fsync(f.fileno())
 
     @contextmanager
-    def _errors(self, context: str, source: HubSource) -> Iterator[None]:
-        """Translate huggingface_hub's and httpx2's exceptions into :class:`HubError`."""
+    def _errors(self, context: str, source: HubSource, missing: str = "") -> Iterator[None]:
+        """Translate huggingface_hub's and httpx2's exceptions into :class:`HubError`:
+        ``<context>: <what happened>``, or ``<missing>: …`` for what does not exist."""
         import httpx2
         from huggingface_hub.errors import (
             GatedRepoError,
@@ -183,6 +184,7 @@ class Hub:
         )
 
         where = f'Hugging Face repository "{source.repo_id}"'
+        missing = missing or context
         try:
             yield
         except GatedRepoError:
@@ -190,11 +192,11 @@ class Hub:
                 f"{context}: {where} is gated: accept its terms on huggingface.co and set HF_TOKEN"
             ) from None
         except RepositoryNotFoundError:
-            raise HubError(f"{context}: {where} not found (or private: set HF_TOKEN)", True) from None
+            raise HubError(f"{missing}: {where} not found (or private: set HF_TOKEN)", True) from None
         except RevisionNotFoundError:
-            raise HubError(f'{context}: {where} has no revision "{source.revision}"', True) from None
+            raise HubError(f'{missing}: {where} has no revision "{source.revision}"', True) from None
         except RemoteEntryNotFoundError:
-            raise HubError(f"{context}: not found in {where}", True) from None
+            raise HubError(f"{missing}: not found in {where}", True) from None
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else "error"
             detail = e.server_message or str(e).splitlines()[0]
