@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from daemon.config import Settings
 from daemon.engine import Engine, EngineError
 from daemon.errors import ApiError, CatchAllMiddleware, api_error_handler, http_exception_handler
+from daemon.openai import routes as openai_routes
 from daemon.routes import Services, routes
 from daemon.shutdown import Drain, ShutdownMiddleware
 from registry.pull import Puller
@@ -38,7 +39,7 @@ def create_app(settings: Settings, engine: Engine, store: Store, drain: Drain | 
             await engine.close()
 
     app = Starlette(
-        routes=routes(),
+        routes=[*routes(), *openai_routes()],
         middleware=[Middleware(ShutdownMiddleware, drain=drain), Middleware(CatchAllMiddleware)],
         exception_handlers={
             ApiError: api_error_handler,

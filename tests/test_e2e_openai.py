@@ -1,0 +1,210 @@
+"""End to end through the unchanged official ``openai`` client on ``/v1`` (reference §5, §10.4):
+a real daemon, real workers, real MLX, the tiny models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from registry.tiny_model import AGENT_ANSWER, AGENT_THOUGHT, write_tiny_model
+from tests.conftest import TINY, Daemon, daemon_with_tiny
+
+pytestmark = pytest.mark.e2e
+
+AGENT = "agent"
+USER = {"role": "user", "content": "Why is the sky blue?"}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city's name"}},
+            "required": ["city"],
+        },
+    },
+}
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 10}, "sunny": {"type": "boolean"}},
+    "required": ["city", "sunny"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    agent_dir = tmp_path_factory.mktemp("models") / "agent"
+    write_tiny_model(agent_dir, flavour="agent")
+    with daemon_with_tiny(tmp_path_factory.mktemp("home-openai"), tiny_model_dir) as daemon:
+        response = httpx.post(
+            daemon.url + "/api/create",
+            json={"model": AGENT, "from": str(agent_dir), "stream": False},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def client(daemon: Daemon) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    yield client
+    client.close()
+
+
+def test_chat_not_streamed_and_streamed(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=TINY, messages=[USER], max_tokens=8, temperature=0)
+    assert whole.object == "chat.completion" and whole.id.startswith("chatcmpl-")
+    assert whole.model == TINY and whole.system_fingerprint == "fp_ollama"
+    [choice] = whole.choices
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert whole.usage is not None and 0 < whole.usage.completion_tokens <= 8
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    stream = client.chat.completions.create(
+        model=TINY,
+        messages=[USER],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == choice.message.content  # temperature 0: the same answer either way
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason == choice.finish_reason
+    assert usage.choices == [] and usage.usage is not None
+    assert usage.usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completions(client: openai.OpenAI) -> None:
+    whole = client.completions.create(
+        model=TINY, prompt="Once upon a time", max_tokens=6, temperature=0, seed=3
+    )
+    assert whole.object == "text_completion" and whole.id.startswith("cmpl-")
+    [choice] = whole.choices
+    assert choice.text and choice.finish_reason in ("stop", "length")
+    assert whole.usage is not None and whole.usage.completion_tokens <= 6
+
+    parts = list(
+        client.completions.create(
+            model=TINY, prompt="Once upon a time", max_tokens=6, temperature=0, seed=3, stream=True
+        )
+    )
+    assert "".join(part.choices[0].text for part in parts) == choice.text
+    assert parts[-1].choices[0].finish_reason == choice.finish_reason
+
+
+def test_models(client: openai.OpenAI) -> None:
+    models = {model.id: model for model in client.models.list()}
+    assert {"tiny:latest", "agent:latest"} <= set(models)
+    assert all(model.object == "model" and model.owned_by == "library" for model in models.values())
+    one = client.models.retrieve(TINY)
+    assert one.id == TINY and one.created == models["tiny:latest"].created
+
+
+def test_unknown_model(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as chat_error:
+        client.chat.completions.create(model="nope", messages=[USER])
+    assert chat_error.value.status_code == 404
+    assert chat_error.value.body == {
+        "message": "model 'nope' not found",
+        "type": "not_found_error",
+        "param": None,
+        "code": None,
+    }
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+
+
+def test_json_schema(client: openai.OpenAI) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+    }
+    answer = client.chat.completions.create(
+        model=TINY,
+        messages=[{"role": "user", "content": "Weather in Paris as JSON"}],
+        response_format=response_format,  # type: ignore[arg-type]
+        max_tokens=120,
+        seed=7,
+    )
+    content = answer.choices[0].message.content
+    assert content is not None
+    jsonschema.validate(json.loads(content), SCHEMA)
+    as_object = client.chat.completions.create(
+        model=TINY, messages=[USER], response_format={"type": "json_object"}, max_tokens=200, temperature=0
+    )
+    assert isinstance(json.loads(as_object.choices[0].message.content or ""), dict)
+
+
+def test_tools(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    whole = client.chat.completions.create(
+        model=AGENT,
+        messages=messages,  # type: ignore[arg-type]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        max_tokens=20,
+    )
+    [choice] = whole.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == AGENT_ANSWER
+    assert (choice.message.model_extra or {}).get("reasoning") == AGENT_THOUGHT
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+
+    chunks = list(
+        client.chat.completions.create(
+            model=AGENT,
+            messages=messages,  # type: ignore[arg-type]
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            max_tokens=20,
+            stream=True,
+        )
+    )
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    streamed_calls = [call for delta in deltas for call in delta.tool_calls or []]
+    assert [c.function.name for c in streamed_calls if c.function] == ["get_weather"]
+    assert "".join(delta.content or "" for delta in deltas) == AGENT_ANSWER
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # the client sends the call and the tool's result back
+    follow_up = [
+        *messages,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    again = client.chat.completions.create(
+        model=AGENT,
+        messages=follow_up,  # type: ignore[arg-type]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        max_tokens=20,
+    )
+    assert again.choices[0].finish_reason in ("tool_calls", "stop", "length")
+
+
+def test_tools_refused_by_a_model_without_them(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=TINY, messages=[USER], tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    assert info.value.status_code == 400
+    assert info.value.body == {
+        "message": "registry.ollama.ai/library/tiny:latest does not support tools",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
