@@ -18,6 +18,7 @@ repository, revision or file that does not exist.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -31,6 +32,8 @@ from urllib.parse import urlsplit
 from registry.catalog import MANIFEST_NOT_FOUND, HubSource
 
 log = logging.getLogger(__name__)
+
+_HASH_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,21 @@ class _QuietBar:
 
 class _ReportingFile:
     """The file ``http_get`` writes to: reports the size after every write (the callback may
-    raise to stop the download) and forwards the few other calls it makes."""
+    raise to stop the download), hashes what is written (so the file need not be read again
+    to check it), and forwards the few other calls ``http_get`` makes."""
 
     def __init__(self, file: IO[bytes], report: Callable[[int], None]) -> None:
         self._file = file
         self._report = report
+        self.sha256: Any = hashlib.sha256()  # None once the bytes were rewritten out of order
+        file.seek(0)
+        while chunk := file.read(_HASH_CHUNK):  # the bytes an earlier download left
+            self.sha256.update(chunk)
 
     def write(self, data: bytes) -> int:
         written = self._file.write(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self._report(self._file.tell())
         return written
 
@@ -92,10 +102,16 @@ class _ReportingFile:
         return self._file.tell()
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._file.seek(offset, whence)
+        position = self._file.seek(offset, whence)
+        if position != self._file.seek(0, os.SEEK_END):
+            self._file.seek(position)
+            self.sha256 = None  # http_get only does this to start over: then it truncates
+        return position
 
     def truncate(self, size: int | None = None) -> int:
         result = self._file.truncate(size)
+        if self._file.tell() == 0:  # started over (the server ignored the Range)
+            self.sha256 = hashlib.sha256()
         self._report(self._file.tell())
         return result
 
@@ -138,8 +154,9 @@ class Hub:
         file: RemoteFile,
         dest: Path,
         report: Callable[[int], None],
-    ) -> None:
-        """Download ``file`` into ``dest``, continuing after the bytes ``dest`` already holds.
+    ) -> str | None:
+        """Download ``file`` into ``dest``, continuing after the bytes ``dest`` already holds;
+        return the sha256 hex of the whole file (None if it could not be followed).
 
         ``report(bytes_in_dest)`` is called as data arrives; an exception it raises stops the
         download (the bytes so far stay in ``dest``)."""
@@ -158,9 +175,10 @@ class Hub:
             with _open_partial(dest, file.size) as f:
                 resume = f.tell()
                 report(resume)
+                writer = _ReportingFile(f, report)
                 http_get(
                     location,
-                    cast(BinaryIO, _ReportingFile(f, report)),
+                    cast(BinaryIO, writer),
                     resume_size=resume,
                     headers=headers,
                     expected_size=file.size,
@@ -169,6 +187,7 @@ class Hub:
                 )
                 f.flush()
                 os.fsync(f.fileno())
+        return writer.sha256.hexdigest() if writer.sha256 is not None else None
 
     @contextmanager
     def _errors(self, context: str, source: HubSource, missing: str = "") -> Iterator[None]:

@@ -173,6 +173,7 @@ class _Item:
     file: RemoteFile
     hex: str
     local: Path | None = None  # already downloaded (a small file hashed while "pulling manifest")
+    downloaded: str | None = None  # the sha256 of the bytes this pull wrote, hashed as they came
 
     @property
     def digest(self) -> str:
@@ -346,8 +347,8 @@ class _Job:
                 items.append(_Item(file, file.sha256))
                 continue
             dest = work / "small" / str(index)
-            self.puller.hub.download(snapshot, file, dest, lambda _: self.check())
-            items.append(_Item(file, sha256_file(dest), dest))
+            hex_ = self.puller.hub.download(snapshot, file, dest, lambda _: self.check())
+            items.append(_Item(file, hex_ or sha256_file(dest), dest))
         return items
 
     def _tick(self, item: _Item, completed: int) -> None:
@@ -393,7 +394,7 @@ class _Job:
                         last, shown = now, size
                         self._tick(item, size)
 
-                self.puller.hub.download(snapshot, item.file, partial, report)
+                item.downloaded = self.puller.hub.download(snapshot, item.file, partial, report)
                 if shown != total:
                     self._tick(item, total)
                 return
@@ -401,7 +402,8 @@ class _Job:
                 lock.release()
 
     def _store_blob(self, item: _Item) -> Layer:
-        """Check the file's sha256 and move it into the blob store."""
+        """Check the file's sha256 (hashed while it was downloaded, or now) and move it into
+        the blob store (which hashes it once more as it takes it)."""
         store = self.store
         if item.local is not None:
             digest, size, _ = store.add_blob(item.local, move=True)
@@ -411,7 +413,7 @@ class _Job:
                 partial = self.puller.partial_dir / f"sha256-{item.hex}"
                 if not partial.is_file():
                     raise PullError(f"{item.file.path}: the downloaded file is gone; pull again")
-                actual = sha256_file(partial, self.check)
+                actual = item.downloaded or sha256_file(partial, self.check)
                 if actual != item.hex:
                     partial.unlink(missing_ok=True)
                     raise PullError(

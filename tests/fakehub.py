@@ -13,7 +13,8 @@ Errors carry the ``X-Error-Code`` headers huggingface_hub turns into its excepti
 Faults to inject: :meth:`FakeHub.cut` (the next downloads of a file stop midway: the
 connection is dropped), :meth:`FakeHub.corrupt` (a file's bytes differ from its published
 sha256), :attr:`FakeHub.paused` (downloads wait until it is cleared), :attr:`FakeHub.delay`
-(seconds per 64 KiB). Both apply to LFS files only. Every request is recorded in :attr:`FakeHub.requests`.
+(seconds per 64 KiB), :attr:`FakeHub.ignore_ranges` (whole files, as some CDNs answer); all
+apply to LFS files only. Every request is recorded in :attr:`FakeHub.requests`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class FakeHub:
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[Seen] = []
         self.delay = 0.0
+        self.ignore_ranges = False  # answer 200 with the whole file, as some CDNs do
         self.paused = threading.Event()  # set: downloads wait
         self._cuts: dict[str, list[int]] = {}  # sha256 → byte offsets to stop at, one per GET
         self._by_sha: dict[str, HubFile] = {}
@@ -240,7 +242,7 @@ class FakeHub:
         data = hub_file.served
         start, status = 0, 200
         ranged = request.headers.get("range", "")
-        if ranged.startswith("bytes="):
+        if ranged.startswith("bytes=") and not self.ignore_ranges:
             start = int(ranged[6:].split("-")[0])
             if start >= len(data) and data:
                 return Response(status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})

@@ -177,6 +177,25 @@ def test_resume_what_an_earlier_pull_left(puller: Puller, store: Store, hub: tup
     assert fake.downloads(weights.sha256)[-1].range is None
 
 
+def test_what_an_earlier_pull_left_is_checked_too(
+    puller: Puller, store: Store, hub: tuple[FakeHub, str]
+) -> None:
+    fake, _ = hub
+    weights = fake.repos[REPO].files[WEIGHTS]
+    partial = store.home / "partial" / f"sha256-{weights.sha256}"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * 1000)  # not the file's first bytes
+    assert failure(puller.pull("qwen2.5:0.5b")).startswith(DIGEST_MISMATCH)
+    assert not partial.exists() and store.list() == []
+    # A server that ignores the Range: the file starts over, and is right.
+    partial.write_bytes(b"\0" * 1000)
+    fake.ignore_ranges = True
+    assert run(puller.pull("qwen2.5:0.5b"))[-1] == {"status": "success"}
+    assert fake.downloads(weights.sha256)[-1].range == "bytes=1000-"
+    model = store.resolve("qwen2.5:0.5b")
+    assert model is not None and (model.path / WEIGHTS).read_bytes() == weights.data
+
+
 def test_concurrent_pulls_share_one_download(puller: Puller, store: Store, hub: tuple[FakeHub, str]) -> None:
     fake, _ = hub
     weights = fake.repos[REPO].files[WEIGHTS]

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from daemon import OLLAMA_COMPAT_VERSION
+from daemon.capabilities import capabilities
 from daemon.errors import ApiError
 from daemon.ndjson import JSONResponse
 from daemon.routes import INVALID_MODEL_NAME, find_model, services
@@ -17,7 +18,7 @@ from daemon.schemas import ShowBody
 from registry.model_dir import chat_template as tokenizer_chat_template
 from registry.modelfile import render_modelfile, render_parameters
 from registry.names import InvalidName, parse_name
-from registry.store import InstalledModel, ModelConfig
+from registry.store import InstalledModel, ModelConfig, Store
 
 # Keys Ollama removes from model_info; arrays longer than this become [] unless verbose.
 _HIDDEN_INFO_KEYS = ("general.name", "tokenizer.chat_template")
@@ -56,6 +57,7 @@ def details(config: ModelConfig, with_lengths: bool) -> dict[str, Any]:
 
 
 def tag_entry(model: InstalledModel) -> dict[str, Any]:
+    """One model of ``/api/tags``; its capabilities are the ones requests are checked against."""
     entry: dict[str, Any] = {
         "name": model.display,
         "model": model.display,
@@ -64,14 +66,20 @@ def tag_entry(model: InstalledModel) -> dict[str, Any]:
         "digest": model.digest,
         "details": details(model.config, with_lengths=True),
     }
-    if model.config.capabilities:
-        entry["capabilities"] = list(model.config.capabilities)
+    found = capabilities(model)
+    if found:
+        entry["capabilities"] = found
     return entry
 
 
+def _tag_entries(store: Store) -> list[dict[str, Any]]:
+    return [tag_entry(model) for model in store.list()]
+
+
 async def tags(request: Request) -> Response:
-    models = await run_in_threadpool(services(request).store.list)
-    return JSONResponse({"models": [tag_entry(model) for model in models]})
+    # Capabilities may read a model's tokenizer files the first time: off the event loop.
+    entries = await run_in_threadpool(_tag_entries, services(request).store)
+    return JSONResponse({"models": entries})
 
 
 async def show(request: Request) -> Response:
@@ -112,7 +120,8 @@ def show_response(model: InstalledModel, body: ShowBody) -> dict[str, Any]:
         for key, value in config.model_info.items()
         if key not in _HIDDEN_INFO_KEYS
     }
-    if config.capabilities:
-        out["capabilities"] = list(config.capabilities)
+    found = capabilities(model)
+    if found:
+        out["capabilities"] = found
     out["modified_at"] = local_time(model.modified_at)
     return out
