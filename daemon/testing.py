@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import numpy as np
 
 from daemon.durations import DEFAULT_KEEP_ALIVE
 from daemon.engine import (
+    Embeddings,
     EngineError,
     Finished,
     GenerationEvent,
@@ -78,6 +80,25 @@ class GenerationRecord:
     closed_early: bool = False  # the consumer closed or cancelled the stream before the end
 
 
+@dataclass
+class EmbedRecord:
+    """One :meth:`ScriptedEngine.embed` call, as it was asked."""
+
+    model: ModelHandle
+    inputs: list[str]
+    truncate: bool
+    dimensions: int
+    keep_alive: float | None
+    normalize: bool
+    num_ctx: int
+
+
+def fake_vector(text: str, size: int = 8) -> np.ndarray:
+    """A deterministic stand-in for a sentence vector (not normalized)."""
+    seed = int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little") ^ len(text)
+    return np.random.default_rng(seed).standard_normal(size).astype(np.float32)
+
+
 class ScriptedEngine:
     def __init__(
         self,
@@ -93,6 +114,8 @@ class ScriptedEngine:
         self.keep_alives: list[float | None] = []  # as given to each load
         self.unloads: list[ModelHandle] = []
         self.generations: list[GenerationRecord] = []
+        self.embeds: list[EmbedRecord] = []
+        self.embed_error: EngineError | None = None  # raised by every embed call when set
         self.closed = False
         self._loaded: dict[str, ModelHandle] = {}
         self._keep_alive: dict[str, float] = {}
@@ -139,6 +162,35 @@ class ScriptedEngine:
         except (GeneratorExit, anyio.get_cancelled_exc_class()):
             record.closed_early = not record.completed
             raise
+        finally:
+            if self._keep_alive.get(model.digest) == 0:
+                self._unload(model)
+
+    async def embed(
+        self,
+        model: ModelHandle,
+        inputs: list[str],
+        truncate: bool = True,
+        dimensions: int = 0,
+        keep_alive: float | None = None,
+        *,
+        normalize: bool = True,
+        num_ctx: int = 0,
+    ) -> Embeddings:
+        """:func:`fake_vector` of each input, normalized and cut to ``dimensions`` as the
+        worker does; one token per word plus two."""
+        self.embeds.append(EmbedRecord(model, inputs, truncate, dimensions, keep_alive, normalize, num_ctx))
+        self._set_keep_alive(model, keep_alive)
+        try:
+            if self.embed_error is not None:
+                raise self.embed_error
+            vectors = np.stack([fake_vector(text) for text in inputs])
+            if normalize:
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                if 0 < dimensions < vectors.shape[1]:
+                    vectors = vectors[:, :dimensions]
+                    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            return Embeddings(vectors, sum(len(text.split()) + 2 for text in inputs))
         finally:
             if self._keep_alive.get(model.digest) == 0:
                 self._unload(model)

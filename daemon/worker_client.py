@@ -10,6 +10,7 @@ reaches the daemon only; the daemon then stops its workers itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 
 from daemon.engine import (
     RUNNER_STOPPED,
+    Embeddings,
     EngineError,
     Finished,
     GenerationEvent,
@@ -32,7 +34,7 @@ from daemon.engine import (
     ToolCallsChunk,
 )
 from worker import protocol
-from worker.protocol import Command, GenerateCommand, ModelInfo
+from worker.protocol import Command, EmbedCommand, GenerateCommand, ModelInfo
 from worker.transport import EventReader, ShmChannel, stdio_reader
 
 log = logging.getLogger("mlxd.worker_client")
@@ -218,6 +220,43 @@ class WorkerProcess:
                 with contextlib.suppress(EngineError):
                     self._send({"op": "cancel", "id": request_id})
 
+    async def embed(
+        self,
+        inputs: list[str],
+        truncate: bool = True,
+        dimensions: int = 0,
+        *,
+        normalize: bool = True,
+        num_ctx: int = 0,
+    ) -> Embeddings:
+        """One embed command (``worker.protocol.EmbedCommand``); its vectors or its error."""
+        request_id = next(self._ids)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending[request_id] = queue
+        command: EmbedCommand = {
+            "op": "embed",
+            "id": request_id,
+            "inputs": inputs,
+            "truncate": truncate,
+            "dimensions": dimensions,
+            "normalize": normalize,
+            "num_ctx": num_ctx,
+        }
+        answered = False
+        try:
+            self._send(command)
+            event = await queue.get()
+            answered = True
+        finally:
+            del self._pending[request_id]
+            self.last_used = time.monotonic()
+            if not answered and self.alive:
+                with contextlib.suppress(EngineError):
+                    self._send({"op": "cancel", "id": request_id})
+        if event["t"] != protocol.VECTORS:
+            raise EngineError(event.get("msg", RUNNER_STOPPED), event.get("status", 500))
+        return _embeddings(event)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the worker to exit, kill it after ``grace`` seconds, release everything."""
         proc = self._proc
@@ -280,3 +319,10 @@ def _finished(stats: dict[str, Any]) -> Finished:
         eval_duration_ns=stats.get("eval_duration_ns", 0),
         context=stats.get("context"),
     )
+
+
+def _embeddings(event: dict[str, Any]) -> Embeddings:
+    import numpy as np  # only embedding requests need it in the daemon
+
+    values = np.frombuffer(base64.b64decode(event["data"]), dtype="<f4").astype(np.float32)
+    return Embeddings(values.reshape(-1, max(int(event["dim"]), 1)), int(event["n"]))

@@ -16,10 +16,14 @@ import sys
 import threading
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker import protocol
-from worker.protocol import Command, GenerateCommand
+from worker.protocol import Command, EmbedCommand, GenerateCommand
 from worker.transport import EventWriter, attach_shm_writer, stdio_writer
+
+if TYPE_CHECKING:
+    from worker.generation import Generator
 
 log = logging.getLogger("mlxd.worker")
 
@@ -28,15 +32,21 @@ class Worker:
     def __init__(self, model_dir: Path, writer: EventWriter) -> None:
         self.model_dir = model_dir
         self.writer = writer
-        self.jobs: queue.Queue[GenerateCommand | None] = queue.Queue()
+        self.jobs: queue.Queue[GenerateCommand | EmbedCommand | None] = queue.Queue()
         self.cancelled: set[int] = set()
         self.stopping = False
 
     def mlx_thread(self) -> None:
         try:
-            from worker.generation import Generator
+            from worker import embedding
 
-            generator = Generator(self.model_dir)
+            generator: Generator | embedding.Encoder
+            if embedding.is_encoder(self.model_dir):
+                generator = embedding.Encoder(self.model_dir)
+            else:
+                from worker.generation import Generator
+
+                generator = Generator(self.model_dir)
         except BaseException as exc:  # any load failure is reported, then the worker exits
             log.exception("loading %s failed", self.model_dir)
             self._emit(protocol.error(protocol.WORKER_ID, f"failed to load model: {exc}", 500))
@@ -49,7 +59,10 @@ class Worker:
                 self.cancelled.discard(request_id)
                 continue
             try:
-                generator.run(job, self.writer, partial(self.is_cancelled, request_id))
+                if isinstance(generator, embedding.Encoder) or job["op"] == "embed":
+                    embedding.serve(generator, job, self.writer)
+                else:
+                    generator.run(job, self.writer, partial(self.is_cancelled, request_id))
             except BrokenPipeError:
                 return
             except Exception as exc:
@@ -67,7 +80,7 @@ class Worker:
 
     def handle(self, command: Command) -> bool:
         """Act on one command; False means stop reading."""
-        if command["op"] == "generate":
+        if command["op"] == "generate" or command["op"] == "embed":
             self.jobs.put(command)
         elif command["op"] == "cancel":
             self.cancelled.add(command["id"])

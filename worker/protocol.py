@@ -10,6 +10,7 @@ stays cheap (one ``orjson.dumps`` of a three-key dict).
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal, TypedDict, cast
 
 import orjson
@@ -67,6 +68,24 @@ class GenerateCommand(TypedDict, total=False):
     shift: bool  # False: no context shift; generation stops when the context is full
 
 
+class EmbedCommand(TypedDict, total=False):
+    """Embed a batch of texts with an encoder model; one ``VECTORS`` event answers.
+
+    Each vector is the model's sentence embedding (its pooling, and its ``Normalize`` module
+    when it has one); with ``normalize`` (the default) it is then L2-normalized, cut to
+    ``dimensions`` when 0 < ``dimensions`` < its length, and normalized again, as Ollama's
+    ``/api/embed`` does. Without ``truncate`` an input longer than the model's limit (or
+    ``num_ctx`` when smaller) fails the whole command with a 400."""
+
+    op: Literal["embed"]
+    id: int
+    inputs: list[str]
+    truncate: bool  # default True
+    dimensions: int  # default 0: all of them
+    normalize: bool  # default True; False: the model's own output (legacy /api/embeddings)
+    num_ctx: int  # default 0: the model's own limit
+
+
 class CancelCommand(TypedDict):
     op: Literal["cancel"]
     id: int
@@ -76,7 +95,7 @@ class ShutdownCommand(TypedDict):
     op: Literal["shutdown"]
 
 
-Command = GenerateCommand | CancelCommand | ShutdownCommand
+Command = GenerateCommand | CancelCommand | ShutdownCommand | EmbedCommand
 
 
 def encode_command(command: Command) -> bytes:
@@ -86,7 +105,7 @@ def encode_command(command: Command) -> bytes:
 
 def decode_command(line: bytes) -> Command:
     obj = orjson.loads(line)
-    if not isinstance(obj, dict) or obj.get("op") not in ("generate", "cancel", "shutdown"):
+    if not isinstance(obj, dict) or obj.get("op") not in ("generate", "cancel", "shutdown", "embed"):
         raise ValueError(f"not a worker command: {line[:80]!r}")
     return obj  # type: ignore[return-value]
 
@@ -100,6 +119,7 @@ THINKING = "h"  # a delta of the model's reasoning: {"t","id","s"}
 TOOL_CALLS = "c"  # parsed tool calls: {"t","id","calls"}
 DONE = "d"  # a request finished: {"t","id","stats"}
 ERROR = "e"  # a request (id >= 0) or the worker (id == -1) failed: {"t","id","msg","status"}
+VECTORS = "v"  # the answer to an embed command: {"t","id","n","dim","data"}
 
 
 class ModelInfo(TypedDict, total=False):
@@ -111,6 +131,8 @@ class ModelInfo(TypedDict, total=False):
     eos_token_ids: list[int]
     memory_bytes: int  # resident size of the weights
     device: str
+    kind: str  # "encoder" for an embedding model; absent for a generative one
+    embedding_length: int  # an encoder's vector size
 
 
 class DoneStats(TypedDict, total=False):
@@ -158,7 +180,15 @@ class ErrorEvent(TypedDict):
     status: int
 
 
-Event = ReadyEvent | TextEvent | ThinkingEvent | ToolCallsEvent | DoneEvent | ErrorEvent
+class VectorsEvent(TypedDict):
+    t: Literal["v"]
+    id: int
+    n: int  # tokens embedded, all inputs together (prompt_eval_count)
+    dim: int  # values per vector
+    data: str  # base64 of the little-endian float32 values, one vector after another
+
+
+Event = ReadyEvent | TextEvent | ThinkingEvent | ToolCallsEvent | DoneEvent | ErrorEvent | VectorsEvent
 
 WORKER_ID = -1  # the ``id`` of an error that concerns the whole worker, not one request
 
@@ -187,8 +217,15 @@ def error(request_id: int, message: str, status: int = 500) -> bytes:
     return orjson.dumps({"t": ERROR, "id": request_id, "msg": message, "status": status})
 
 
+def vectors(request_id: int, values: bytes, dim: int, tokens: int) -> bytes:
+    """``values``: little-endian float32, ``dim`` per vector."""
+    data = base64.b64encode(values).decode("ascii")
+    return orjson.dumps({"t": VECTORS, "id": request_id, "n": tokens, "dim": dim, "data": data})
+
+
 def decode_event(payload: bytes) -> Event:
     obj: Any = orjson.loads(payload)
-    if not isinstance(obj, dict) or obj.get("t") not in (READY, TEXT, THINKING, TOOL_CALLS, DONE, ERROR):
+    tags = (READY, TEXT, THINKING, TOOL_CALLS, DONE, ERROR, VECTORS)
+    if not isinstance(obj, dict) or obj.get("t") not in tags:
         raise ValueError(f"not a worker event: {payload[:80]!r}")
     return cast(Event, obj)

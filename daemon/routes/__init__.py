@@ -45,6 +45,7 @@ def model_handle(model: InstalledModel) -> ModelHandle:
 
 def routes() -> list[BaseRoute]:
     from daemon.routes import chat, create, generate, manage, models, pull
+    from daemon.routes.embed import ROUTES as EMBED_ROUTES
 
     return [
         Route("/", models.root, methods=["GET", "HEAD"]),
@@ -53,6 +54,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/show", models.show, methods=["POST"]),
         Route("/api/generate", generate.generate, methods=["POST"]),
         Route("/api/chat", chat.chat, methods=["POST"]),
+        *EMBED_ROUTES,
         Route("/api/create", create.create, methods=["POST"]),
         Route("/api/pull", pull.pull, methods=["POST"]),
         Route("/api/push", pull.push, methods=["POST"]),
