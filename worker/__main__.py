@@ -11,15 +11,14 @@ import argparse
 import contextlib
 import logging
 import os
-import queue
 import sys
 import threading
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worker import protocol
-from worker.protocol import Command, EmbedCommand, GenerateCommand
+from worker.batching import JobQueue
+from worker.protocol import Command
 from worker.transport import EventWriter, attach_shm_writer, stdio_writer
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ class Worker:
     def __init__(self, model_dir: Path, writer: EventWriter) -> None:
         self.model_dir = model_dir
         self.writer = writer
-        self.jobs: queue.Queue[GenerateCommand | EmbedCommand | None] = queue.Queue()
+        self.jobs = JobQueue()
         self.cancelled: set[int] = set()
         self.stopping = False
 
@@ -62,7 +61,7 @@ class Worker:
                 if isinstance(generator, embedding.Encoder) or job["op"] == "embed":
                     embedding.serve(generator, job, self.writer)
                 else:
-                    generator.run(job, self.writer, partial(self.is_cancelled, request_id))
+                    generator.serve(job, self.jobs, self.writer, self.is_cancelled)
             except BrokenPipeError:
                 return
             except Exception as exc:

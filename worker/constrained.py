@@ -100,11 +100,16 @@ class JsonConstraint:
         self.words = (vocab_size + 31) // 32
         self._mask = np.zeros((1, self.words), dtype=np.int32)
         self._started = False
+        self._seen = 0
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        if self._started:
+        # Consume only a token not seen before: a request that moves from running alone
+        # into a batch replays its last step (generate_step had already computed it).
+        seen = int(tokens.size)
+        if self._started and seen > self._seen:
             self.matcher.consume_token(int(tokens[-1].item()))  # type: ignore[arg-type]
         self._started = True
+        self._seen = seen
         allowed = self.allowed()
         return mx.where(allowed, logits, mx.array(-float("inf"), logits.dtype))
 

@@ -1,0 +1,200 @@
+"""One generation request inside the worker: its prompt, sampling, and what it has produced.
+
+A :class:`Sequence` is driven token by token, either alone (``generate_step``, the
+fastest path for one request) or as one row of a batch (``worker.batching``). Per token it
+does a constant amount of work: one incremental detokenizer step, a bounded stop-string
+check, a bounded thinking/tool-call split, and the events written into the ring (the
+driver flushes once per step, so a batch wakes the daemon once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import RotatingKVCache
+
+from worker import protocol, sampling
+from worker.constrained import FormatError
+from worker.output import OutputRouter, Piece
+from worker.prompt import Prompt, PromptError
+from worker.protocol import DoneStats, GenerateCommand
+from worker.stops import StopMatcher
+from worker.transport import EventWriter
+
+if TYPE_CHECKING:
+    from worker.generation import Generator
+
+DEFAULT_NUM_CTX = 4096
+
+
+class SequenceError(Exception):
+    """The request cannot run (bad prompt, template or format): answered with ``status``."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Sequence:
+    def __init__(
+        self,
+        generator: Generator,
+        command: GenerateCommand,
+        writer: EventWriter,
+        cancelled: Callable[[], bool],
+    ) -> None:
+        self.id = command["id"]
+        self.writer = writer
+        self.cancelled = cancelled
+        self.eos_ids = generator.eos_ids
+        options = command.get("options", {})
+        num_ctx = min(max(int(options.get("num_ctx") or DEFAULT_NUM_CTX), 4), generator.context_length)
+        try:
+            prompt = generator.prompts.build(command, num_ctx)
+            fmt = command.get("format")
+            constraint = generator.constraints.processor(fmt) if fmt else None
+        except PromptError as exc:
+            raise SequenceError(exc.message, exc.status) from None
+        except FormatError as exc:
+            raise SequenceError(str(exc), 500) from None
+        self.tokens = prompt.tokens
+        if not self.tokens:
+            raise SequenceError("the prompt is empty", 400)
+        self.max_tokens, self.rotating = _budget(generator, command, len(self.tokens), num_ctx)
+        self.sampler = sampling.build_sampler(options, generator.vocab_size)
+        seed = int(options.get("seed", -1))
+        if seed >= 0:
+            self.sampler = _seeded(self.sampler, seed)
+        else:
+            sampling.seed_random(options)  # fresh entropy: no earlier seed carries over
+        self.processors = sampling.build_processors(options, num_ctx)
+        if constraint is not None:
+            self.processors.append(constraint)
+        self.router = _router(generator, command, prompt)
+        self.stopper = StopMatcher(list(options.get("stop", [])))
+        self.detokenizer = generator.tokenizer.detokenizer
+        self.detokenizer.reset()
+        self.return_context = bool(command.get("return_context"))
+
+        self.generated: list[int] = []
+        self.fed: list[int] = list(self.tokens)  # every token the KV cache may hold
+        self.evaluated = len(self.tokens)  # prompt tokens not served from the prompt cache
+        self.done_reason: str | None = None
+        self.started_ns = time.perf_counter_ns()
+        self.first_ns = 0
+
+    def accept(self, token: int) -> bool:
+        """Take one sampled token; True when the sequence has finished."""
+        if not self.first_ns:
+            self.first_ns = time.perf_counter_ns()
+        self.fed.append(token)
+        if token in self.eos_ids:
+            self.done_reason = "stop"
+            return True
+        self.generated.append(token)
+        self.detokenizer.add_token(token)
+        out = self.stopper.feed(self.detokenizer.last_segment)
+        if out:
+            self._send(out)
+        if self.stopper.stopped:
+            self.done_reason = "stop"
+        elif len(self.generated) >= self.max_tokens:
+            self.done_reason = "length"
+        elif self.cancelled():
+            self.done_reason = "cancel"
+        return self.done_reason is not None
+
+    def finish(self, reason: str | None = None) -> None:
+        """Emit the held-back text and the done event (the driver flushes)."""
+        self.done_reason = self.done_reason or reason or "length"
+        finished_ns = time.perf_counter_ns()
+        first = self.first_ns or finished_ns
+        if not self.stopper.stopped:
+            self.detokenizer.finalize()
+            tail = self.stopper.feed(self.detokenizer.last_segment)
+            tail += "" if self.stopper.stopped else self.stopper.flush()
+            if tail:
+                self._send(tail)
+        for piece in self.router.finish():
+            self.writer.send(_event(self.id, piece))
+        stats: DoneStats = {
+            "done_reason": self.done_reason,
+            "prompt_eval_count": self.evaluated,
+            "prompt_eval_duration_ns": first - self.started_ns,
+            "eval_count": len(self.generated),
+            "eval_duration_ns": max(finished_ns - first, 0),
+        }
+        if self.return_context:
+            stats["context"] = self.tokens + self.generated
+        self.writer.send(protocol.done(self.id, stats))
+
+    def _send(self, text: str) -> None:
+        for piece in self.router.feed(text):
+            self.writer.send(_event(self.id, piece))
+
+
+def fail(writer: EventWriter, request_id: int, message: str, status: int) -> None:
+    writer.send(protocol.error(request_id, message, status))
+    writer.flush()
+
+
+def _seeded(sampler: sampling.Sampler, seed: int) -> sampling.Sampler:
+    """Draw step ``n`` from a key derived from (seed, n): the same seed gives the same
+    tokens whether the request runs alone or in a batch with others."""
+    step = 0
+
+    def sample(logprobs: mx.array) -> mx.array:
+        nonlocal step
+        mx.random.seed((seed * 1_000_003 + step) % (1 << 63))
+        step += 1
+        return sampler(logprobs)
+
+    return sample
+
+
+def _budget(generator: Generator, command: GenerateCommand, prompt_len: int, num_ctx: int) -> tuple[int, Any]:
+    """``max_tokens`` and, when the context must shift, the rotating KV cache to use.
+
+    ``num_predict`` -2 fills the context; -1 goes on until EOS, shifting the context
+    (keeping ``num_keep`` tokens) up to 10 × ``num_ctx`` tokens, as Ollama bounds it;
+    ``shift: false`` stops at the end of the context."""
+    options = command.get("options", {})
+    num_predict = int(options.get("num_predict", -1))
+    room = max(num_ctx - prompt_len, 0)
+    if num_predict == -2:
+        return room, None
+    wanted = 10 * num_ctx if num_predict < 0 else num_predict
+    if prompt_len + wanted <= num_ctx:
+        return wanted, None
+    model = generator.model
+    if command.get("shift", True) is False or hasattr(model, "make_cache"):
+        return min(wanted, room), None
+    keep = min(max(int(options.get("num_keep", 4)), 0), num_ctx - 1)
+    return wanted, [RotatingKVCache(max_size=num_ctx, keep=keep) for _ in model.layers]
+
+
+def _router(generator: Generator, command: GenerateCommand, prompt: Prompt) -> OutputRouter:
+    tok = generator.tokenizer
+    tools = command.get("tools") or None
+    return OutputRouter(
+        think_start=tok.think_start if tok.has_thinking and not command.get("raw") else None,
+        think_end=tok.think_end,
+        keep_thinking=prompt.thinking,
+        opened_thinking=prompt.opened_thinking,
+        tool_start=tok.tool_call_start if tools else None,
+        tool_end=tok.tool_call_end,
+        tool_parser=tok.tool_parser,
+        tools=tools,
+    )
+
+
+def _event(request_id: int, piece: Piece) -> bytes:
+    if piece.kind == "content":
+        return protocol.text(request_id, piece.text)
+    if piece.kind == "thinking":
+        return protocol.thinking(request_id, piece.text)
+    return protocol.tool_calls(request_id, piece.calls)
