@@ -30,9 +30,11 @@ def _text(tokens: int, seed: int) -> str:
     return " ".join(out)[:tokens]
 
 
-def _turns(url: str, turns: int, history: int, reply: int) -> list[dict[str, Any]]:
+def _turns(
+    url: str, turns: int, history: int, reply: int, system: str = "You are a terse assistant."
+) -> list[dict[str, Any]]:
     per_turn = max(history // turns // 2, 8)
-    messages: list[dict[str, str]] = [{"role": "system", "content": "You are a terse assistant."}]
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     out = []
     with httpx.Client(timeout=None) as client:
         for turn in range(1, turns + 1):
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     for label, flag in (("without_cache", "0"), ("with_cache", "1")):
         with daemon(model_dir, ipc=args.ipc, env={"MLXD_PROMPT_CACHE": flag}) as url:
-            _turns(url, 1, args.history_tokens, 2)  # load and warm up
+            # Load and warm up on another conversation, so that turn 1 starts cold.
+            _turns(url, 1, args.history_tokens, 2, system="Warm-up.")
             rows = _turns(url, args.turns, args.history_tokens, args.reply_tokens)
         result[label] = rows
         result[f"{label}_last_over_first"] = round(rows[-1]["ttft_ms"] / rows[0]["ttft_ms"], 2)
