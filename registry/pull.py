@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 INVALID_MODEL_NAME = "invalid model name"
 DIGEST_MISMATCH = "digest mismatch, file must be downloaded again"
 PROGRESS_INTERVAL = 0.1  # seconds between two progress objects of one file
+PARTIAL_MAX_AGE = 7 * 24 * 3600.0  # seconds an untouched partial download is kept for a resume
 
 # Weights in formats MLX does not load, and pictures for the model card: not pulled.
 _SKIPPED_SUFFIXES = (
@@ -232,6 +233,20 @@ class Puller:
         for job in jobs:
             job.thread.join(max(0.0, deadline - time.monotonic()))
 
+    def prune_partials(self, max_age: float = PARTIAL_MAX_AGE) -> int:
+        """Remove partial downloads nobody touched for ``max_age`` seconds (none is in use:
+        a download in progress writes to its file). Returns how many were removed."""
+        removed = 0
+        cutoff = time.time() - max_age
+        for path in self.partial_dir.glob("sha256-*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
     def _file_lock(self, hex_: str) -> threading.Lock:
         with self._lock:
             return self._file_locks.setdefault(hex_, threading.Lock())
@@ -321,6 +336,7 @@ class _Job:
     def _pull(self) -> None:
         puller, store = self.puller, self.store
         self.emit({"status": "pulling manifest"})
+        puller.prune_partials()
         source = resolve_source(self.name, puller.catalog)
         snapshot = puller.hub.snapshot(source)
         self.check()

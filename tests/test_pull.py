@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,17 @@ def test_what_an_earlier_pull_left_is_checked_too(
     assert fake.downloads(weights.sha256)[-1].range == "bytes=1000-"
     model = store.resolve("qwen2.5:0.5b")
     assert model is not None and (model.path / WEIGHTS).read_bytes() == weights.data
+
+
+def test_old_partial_downloads_are_removed(puller: Puller, store: Store) -> None:
+    puller.partial_dir.mkdir(parents=True)
+    old, recent = puller.partial_dir / f"sha256-{'a' * 64}", puller.partial_dir / f"sha256-{'b' * 64}"
+    old.write_bytes(b"old")
+    recent.write_bytes(b"recent")
+    week_ago = time.time() - 8 * 24 * 3600
+    os.utime(old, (week_ago, week_ago))
+    assert puller.prune_partials() == 1
+    assert not old.exists() and recent.exists()
 
 
 def test_concurrent_pulls_share_one_download(puller: Puller, store: Store, hub: tuple[FakeHub, str]) -> None:
