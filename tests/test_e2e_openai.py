@@ -208,3 +208,39 @@ def test_tools_refused_by_a_model_without_them(client: openai.OpenAI) -> None:
         "param": None,
         "code": None,
     }
+
+
+def test_responses(client: openai.OpenAI) -> None:
+    whole = client.responses.create(
+        model=TINY, input="Why is the sky blue?", max_output_tokens=8, temperature=0
+    )
+    assert whole.object == "response" and whole.status == "completed" and whole.id.startswith("resp_")
+    assert whole.output_text
+    assert whole.usage is not None and 0 < whole.usage.output_tokens <= 8
+
+    events = list(
+        client.responses.create(
+            model=TINY, input="Why is the sky blue?", max_output_tokens=8, temperature=0, stream=True
+        )
+    )
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert deltas == whole.output_text
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
+    }
+    called = client.responses.create(
+        model=AGENT,
+        input="What is the weather in Paris?",
+        tools=[tool],  # type: ignore[list-item]
+        max_output_tokens=20,
+    )
+    calls = [item for item in called.output if item.type == "function_call"]
+    assert [(call.name, json.loads(call.arguments)) for call in calls] == [("get_weather", {"city": "Paris"})]
+    reasoning = [item for item in called.output if item.type == "reasoning"]
+    assert reasoning and reasoning[0].summary[0].text == AGENT_THOUGHT

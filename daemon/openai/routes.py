@@ -17,9 +17,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from daemon.openai import convert, shapes
+from daemon.openai import convert, responses, shapes
 from daemon.openai.native import native_call
-from daemon.openai.stream import SSE_MEDIA_TYPE, ChatStream, CompletionStream
+from daemon.openai.stream import SSE_MEDIA_TYPE, ChatStream, CompletionStream, EventWriter
 
 Obj = dict[str, Any]
 JSON_MEDIA_TYPE = "application/json"
@@ -45,7 +45,7 @@ class Translated(Response):
         path: str,
         body: Mapping[str, Any] | None,
         whole: Callable[[Obj], Obj],
-        stream: ChatStream | CompletionStream | None = None,
+        stream: EventWriter | None = None,
     ) -> None:
         super().__init__()
         self.request = request
@@ -83,7 +83,7 @@ class Translated(Response):
         await response(scope, receive, send)
 
 
-_SSE_HEADERS = [(b"content-type", SSE_MEDIA_TYPE.encode())]
+_SSE_HEADERS = [(b"content-type", SSE_MEDIA_TYPE.encode()), (b"cache-control", b"no-cache")]
 
 
 async def _read(request: Request) -> Mapping[str, Any]:
@@ -128,6 +128,25 @@ async def embeddings(request: Request) -> Response:
     )
 
 
+async def create_response(request: Request) -> Response:
+    try:
+        body = await _read(request)
+        native = responses.chat_request(body)
+    except convert.RequestError as exc:
+        return error_response(exc.status, exc.message)
+    echo = responses.Request(body)
+    response_id, item_id = responses.response_ids()
+    stream = responses.ResponsesStream(echo, response_id, item_id) if native["stream"] else None
+    return Translated(
+        request,
+        "POST",
+        "/api/chat",
+        native,
+        lambda obj: responses.response_object(echo, response_id, item_id, obj),
+        stream,
+    )
+
+
 async def list_models(request: Request) -> Response:
     return Translated(request, "GET", "/api/tags", None, shapes.model_list)
 
@@ -144,6 +163,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     ]

@@ -12,7 +12,7 @@ and the stream ends there without ``[DONE]``, so OpenAI's clients raise it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -22,6 +22,15 @@ Obj = dict[str, Any]
 
 SSE_MEDIA_TYPE = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
+
+
+class EventWriter(Protocol):
+    """Turns the native objects of one stream into the bytes to send; ``finished`` once the
+    last event is written (nothing more is sent after it)."""
+
+    finished: bool
+
+    def feed(self, native: Obj) -> bytes: ...
 
 
 def frame(obj: Obj) -> bytes:
