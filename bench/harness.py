@@ -74,6 +74,11 @@ def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None)
         response = httpx.post(url + "/api/create", json=body, timeout=600)
         response.raise_for_status()
         yield url
+    except BaseException:
+        log.flush()
+        tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-40:]
+        print("daemon log (last lines):\n" + "\n".join(tail), file=sys.stderr)
+        raise
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
