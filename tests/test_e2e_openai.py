@@ -244,3 +244,41 @@ def test_responses(client: openai.OpenAI) -> None:
     assert [(call.name, json.loads(call.arguments)) for call in calls] == [("get_weather", {"city": "Paris"})]
     reasoning = [item for item in called.output if item.type == "reasoning"]
     assert reasoning and reasoning[0].summary[0].text == AGENT_THOUGHT
+
+
+def test_anthropic_messages(daemon: Daemon) -> None:
+    """``/v1/messages`` as Anthropic's SDKs call it (their API key and version headers are ignored)."""
+    body = {
+        "model": AGENT,
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [
+            {
+                "name": "get_weather",
+                "description": "Get the current weather in a city.",
+                "input_schema": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
+            }
+        ],
+        "thinking": {"type": "enabled", "budget_tokens": 16},
+    }
+    headers = {"x-api-key": "x", "anthropic-version": "2023-06-01"}
+    with httpx.Client(base_url=daemon.url, headers=headers, timeout=120) as http:
+        answer = http.post("/v1/messages", json=body).json()
+        assert answer["type"] == "message" and answer["stop_reason"] == "tool_use"
+        assert answer["content"] == [
+            {"type": "thinking", "thinking": AGENT_THOUGHT},
+            {"type": "text", "text": AGENT_ANSWER},
+            {
+                "type": "tool_use",
+                "id": answer["content"][2]["id"],
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
+        ]
+        streamed = http.post("/v1/messages", json={**body, "stream": True})
+        assert streamed.headers["content-type"] == "text/event-stream"
+        kinds = [line[len("event: ") :] for line in streamed.text.splitlines() if line.startswith("event: ")]
+        assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+        assert kinds.count("content_block_start") == 3
+        plain = http.post("/v1/messages", json={**body, "model": TINY, "tools": []}).json()
+        assert plain["content"][0]["type"] == "text"  # tiny cannot think: relaxed, not refused

@@ -1,8 +1,10 @@
-"""OpenAI-compatible ``/v1`` API, translated onto the native routes (reference §5).
+"""The ``/v1`` compatibility API (OpenAI's, and Anthropic's ``/v1/messages``), translated
+onto the native routes as Ollama's middleware does (reference §5).
 
 ``convert`` turns OpenAI requests into native bodies, ``native`` runs a native route
 in-process, ``shapes`` and ``stream`` turn native answers into OpenAI's objects and
-server-sent events, ``routes`` ties them together.
+server-sent events; ``responses`` and ``anthropic`` do both for the Responses and
+Messages APIs; ``routes`` ties them together.
 """
 
 from daemon.openai.routes import routes

@@ -1,7 +1,8 @@
 """The ``/v1`` routes: each translates the request, runs the native route in-process, and
-writes the native answer in OpenAI's shapes (reference §5, §10.4).
+writes the native answer in OpenAI's (or, on ``/v1/messages``, Anthropic's) shapes
+(reference §5, §10.4).
 
-A request that cannot be translated, and every native error, is answered with OpenAI's
+A request that cannot be translated, and every native error, is answered with the API's
 error object, ``Content-Type: application/json``, and the native status. JSON answers end
 with a newline, as Go's encoder writes them.
 """
@@ -17,11 +18,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from daemon.openai import convert, responses, shapes
+from daemon.openai import anthropic, convert, responses, shapes
 from daemon.openai.native import native_call
 from daemon.openai.stream import SSE_MEDIA_TYPE, ChatStream, CompletionStream, EventWriter
 
 Obj = dict[str, Any]
+ErrorShape = Callable[[int, str], Obj]
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -29,8 +31,8 @@ def json_response(obj: Obj, status: int = 200) -> Response:
     return Response(orjson.dumps(obj) + b"\n", status, media_type=JSON_MEDIA_TYPE)
 
 
-def error_response(status: int, message: str) -> Response:
-    return json_response(shapes.error_object(status, message), status)
+def error_response(status: int, message: str, shape: ErrorShape = shapes.error_object) -> Response:
+    return json_response(shape(status, message), status)
 
 
 class Translated(Response):
@@ -46,6 +48,7 @@ class Translated(Response):
         body: Mapping[str, Any] | None,
         whole: Callable[[Obj], Obj],
         stream: EventWriter | None = None,
+        error_shape: ErrorShape = shapes.error_object,
     ) -> None:
         super().__init__()
         self.request = request
@@ -54,12 +57,13 @@ class Translated(Response):
         self.native_body = body
         self.whole = whole
         self.stream = stream
+        self.error_shape = error_shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with native_call(self.request, self.method, self.path, self.native_body) as reply:
             if reply.status != 200:
                 message = shapes.native_error(await reply.read())
-                await error_response(reply.status, message)(scope, receive, send)
+                await error_response(reply.status, message, self.error_shape)(scope, receive, send)
             elif self.stream is None:
                 await self._send_whole(await reply.read(), scope, receive, send)
             else:
@@ -77,7 +81,7 @@ class Translated(Response):
         except orjson.JSONDecodeError:
             native = None
         if not isinstance(native, dict):
-            response = error_response(500, "invalid response from the native handler")
+            response = error_response(500, "invalid response from the native handler", self.error_shape)
         else:
             response = json_response(self.whole(native))
         await response(scope, receive, send)
@@ -147,6 +151,29 @@ async def create_response(request: Request) -> Response:
     )
 
 
+async def create_message(request: Request) -> Response:
+    try:
+        body = await _read(request)
+        native = anthropic.chat_request(body)
+    except convert.RequestError as exc:
+        return error_response(exc.status, exc.message, anthropic.error_object)
+    await anthropic.relax_thinking(request, native)
+    message_id = anthropic.new_id("msg")
+    stream = None
+    if native["stream"]:
+        estimate = anthropic.estimate_input_tokens(body)
+        stream = anthropic.MessagesStream(message_id, native["model"], estimate)
+    return Translated(
+        request,
+        "POST",
+        "/api/chat",
+        native,
+        lambda obj: anthropic.message_object(message_id, obj),
+        stream,
+        anthropic.error_object,
+    )
+
+
 async def list_models(request: Request) -> Response:
     return Translated(request, "GET", "/api/tags", None, shapes.model_list)
 
@@ -164,6 +191,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/messages", create_message, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     ]
