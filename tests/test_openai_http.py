@@ -6,9 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -320,3 +322,27 @@ async def test_embeddings(client: httpx.AsyncClient, app: Starlette) -> None:
 async def test_methods(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/chat/completions")
     assert response.status_code == 405
+
+
+async def test_a_client_leaving_mid_stream_cancels_the_generation(settings: Settings, store: Store) -> None:
+    """Over a real socket: closing the SSE stream closes the native stream and the engine's."""
+    steps: list[Step] = [step for _ in range(200) for step in (TextChunk("tick "), Delay(0.01))]
+    engine = ScriptedEngine([*steps, FINISHED])
+    config = uvicorn.Config(create_app(settings, engine, store), port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            body = {"model": "tiny", "messages": [USER], "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+        with anyio.fail_after(5):
+            while not engine.generations[0].closed_early:
+                await anyio.sleep(0.01)
+        assert engine.generations[0].events_sent < 200
+        server.should_exit = True
