@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 from worker import bert, protocol
 from worker.embedding import (
+    CANNOT_TRUNCATE,
     NO_EMBEDDINGS,
     TOO_LONG,
     Encoder,
@@ -235,6 +236,8 @@ def test_truncation(tiny: Encoder) -> None:
     assert tokens == 12 + 3
     _, tokens = tiny.embed([long], limit=6)  # num_ctx lower than the model's limit
     assert tokens == 6
+    with pytest.raises(ValueError, match=CANNOT_TRUNCATE):
+        tiny.embed([long], limit=1)  # not even room for [CLS] and [SEP]
     (encoding,) = tiny.tokenize([long], truncate=True, limit=12)  # truncation does not stick
     assert len(tiny.tokenize([long], truncate=True, limit=40)[0].ids) == 17
 

@@ -6,6 +6,9 @@ parameter names are those of Hugging Face's ``BertModel``, so the safetensors of
 sentence-transformers repository load as they are (a ``bert.`` / ``roberta.`` prefix is
 stripped, the pooler and masked-LM heads are ignored: sentence embeddings never use them).
 Pooling the token states into one vector is :mod:`worker.embedding`'s job.
+
+(``mlx-embeddings`` has a BERT too, but it is GPL-3.0, depends on mlx-vlm and transformers,
+and always mean-pools and normalizes whatever the model's pooling configuration says.)
 """
 
 from __future__ import annotations

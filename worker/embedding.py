@@ -34,6 +34,7 @@ from worker.transport import EventWriter
 # Ollama's runner answers for a model without an embedding head, with its status.
 TOO_LONG = "the input length exceeds the context length"
 NOT_FINITE = "embedding contains NaN or Inf values"
+CANNOT_TRUNCATE = "input after truncation exceeds maximum context length"
 NO_EMBEDDINGS = "This server does not support embeddings. Start it with `--embeddings`"
 NO_EMBEDDINGS_STATUS = 501
 NO_GENERATION = "this model only supports embeddings"
@@ -216,6 +217,8 @@ class Encoder:
             finally:
                 self.tokenizer.no_truncation()
             for i, encoding in zip(long, cut, strict=True):
+                if len(encoding.ids) > limit:  # the limit cannot even hold the special tokens
+                    raise ValueError(CANNOT_TRUNCATE)
                 encodings[i] = encoding
         return encodings
 
