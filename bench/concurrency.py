@@ -85,7 +85,9 @@ async def _round(kind: str, url: str, prompt: str, tokens: int, streams: int) ->
     one = _mlxd_stream if kind == "mlxd" else _mlx_lm_stream
     limits = httpx.Limits(max_connections=streams + 4)
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
-        await one(client, url, prompt, 4)  # warm: the model is loaded and the kernels compiled
+        # Warm-up round of the same shape: the model is loaded, and the kernels for this
+        # batch size are compiled (MLX compiles per shape on first use; ~seconds on CUDA).
+        await asyncio.gather(*(one(client, url, prompt, 8) for _ in range(streams)))
         runs = await asyncio.gather(*(one(client, url, prompt, tokens) for _ in range(streams)))
     start = min(r["started"] for r in runs)
     end = max(r["last"] for r in runs)
