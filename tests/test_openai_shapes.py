@@ -269,3 +269,12 @@ def test_embedding_list() -> None:
     }
     encoded = shapes.embedding_list("e", native, "base64")["data"][1]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(encoded)) == (0.25, 2.0)
+
+
+def test_stream_fast_path_matches_the_general_one() -> None:
+    """Plain content chunks after the first are assembled from pre-encoded pieces."""
+    stream = ChatStream("chatcmpl-test", include_usage=False)
+    stream.feed(native_chunk("Hi"))
+    for text in ("", " there", 'a "quoted"\n line ✓'):
+        expected = shapes.chunk("chatcmpl-test", CREATED, "test-model", {"content": text})
+        assert stream.feed(native_chunk(text)) == b"data: " + orjson.dumps(expected) + b"\n\n"

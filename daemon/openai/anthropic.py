@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from daemon.openai import shapes
 from daemon.openai.convert import Fields, RequestError
-from daemon.openai.native import native_call
+from daemon.openai.native import read_native
 
 Obj = dict[str, Any]
 WEB_SEARCH_UNSUPPORTED = "the web_search tool is not supported by this server"
@@ -221,9 +221,8 @@ async def relax_thinking(request: Request, native: Obj) -> None:
     Anthropic clients, which ask for thinking whatever the model)."""
     if not native.get("think"):
         return
-    async with native_call(request, "POST", "/api/show", {"model": native["model"]}) as reply:
-        body = await reply.read()
-    if reply.status != 200:
+    status, body = await read_native(request, "POST", "/api/show", {"model": native["model"]})
+    if status != 200:
         return  # the chat request answers the same error
     capabilities = orjson.loads(body).get("capabilities") or []
     if "thinking" not in capabilities:

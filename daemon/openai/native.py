@@ -1,66 +1,28 @@
 """Calling a native route in-process, the way Ollama's middleware calls its next handler.
 
-:func:`native_call` runs the app's router on a new scope (the native path, method and
-JSON body) in a task beside the caller, and hands back the native answer as it is written:
-its status, its headers, then its body chunk by chunk. Nothing goes through a socket; the
-native handler sees the original request otherwise (its app, state and exception
-handlers), and its disconnect checks read the client's own ``receive``.
+:func:`call_native` runs the app's router on a new scope (the native path, method and JSON
+body) in the caller's own task, and hands every message the native handler sends to the
+caller's ``send``: a writer in the middle, as Ollama wraps gin's ``ResponseWriter``. Nothing
+goes through a socket and no chunk changes task. The native handler sees the original
+request otherwise (its app, state and exception handlers), and its disconnect checks read
+the client's own ``receive``. :func:`read_native` collects a whole answer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
-import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.types import Message, Scope
+from starlette.types import Message, Scope, Send
 
 log = logging.getLogger("mlxd.http")
 
 _DROPPED_HEADERS = {b"content-length", b"content-type", b"content-encoding", b"transfer-encoding"}
-_BUFFERED_CHUNKS = 8
 _GIN_TEXTS = {404: "404 page not found", 405: "405 method not allowed"}
-
-
-class NativeReply:
-    """The native answer: ``status`` and ``headers``, then the body through :meth:`chunks`."""
-
-    def __init__(self, status: int, headers: Headers, messages: MemoryObjectReceiveStream[Message]) -> None:
-        self.status = status
-        self.headers = headers
-        self.complete = False  # the whole body was received
-        self._messages = messages
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for message in self._messages:
-            body: bytes = message.get("body", b"")
-            if body:
-                yield body
-            if not message.get("more_body", False):
-                self.complete = True
-                return
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
-    async def objects(self) -> AsyncIterator[Any]:
-        """The body's JSON values: one per NDJSON line (a plain JSON body is one value)."""
-        pending = b""
-        async for chunk in self.chunks():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    yield orjson.loads(line)
-        if pending.strip():
-            yield orjson.loads(pending)
 
 
 def _scope(request: Request, method: str, path: str, payload: bytes) -> Scope:
@@ -75,25 +37,24 @@ def _scope(request: Request, method: str, path: str, payload: bytes) -> Scope:
     return scope
 
 
-def _synthetic(status: int, body: bytes, content_type: bytes) -> list[Message]:
-    return [
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]},
-        {"type": "http.response.body", "body": body, "more_body": False},
-    ]
+async def _send_answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-@asynccontextmanager
-async def native_call(
-    request: Request, method: str, path: str, body: Mapping[str, Any] | None = None
-) -> AsyncIterator[NativeReply]:
-    """Run ``method path`` with ``body`` (JSON) on the app that serves ``request``.
-
-    Leaving the block before the body was read to its end cancels the native handler.
-    """
+async def call_native(
+    request: Request, method: str, path: str, body: Mapping[str, Any] | None, send: Send
+) -> None:
+    """Run ``method path`` with ``body`` (JSON) on the app that serves ``request``; every
+    response message goes to ``send``. A failure before the answer started becomes one (the
+    app's 404/405 texts, or a 500 ``{"error"}``); after it, the body just ends."""
     payload = b"" if body is None else orjson.dumps(body)
     scope = _scope(request, method, path, payload)
     outer_receive = request.receive
     delivered = False
+    started = finished = False
 
     async def receive() -> Message:
         nonlocal delivered
@@ -102,47 +63,48 @@ async def native_call(
             return {"type": "http.request", "body": payload, "more_body": False}
         return await outer_receive()
 
-    sender: MemoryObjectSendStream[Message]
-    receiver: MemoryObjectReceiveStream[Message]
-    sender, receiver = anyio.create_memory_object_stream[Message](_BUFFERED_CHUNKS)
-    started = False
-
-    async def send(message: Message) -> None:
-        nonlocal started
+    async def tracking_send(message: Message) -> None:
+        nonlocal started, finished
         if message["type"] == "http.response.start":
             started = True
-        if message["type"] in ("http.response.start", "http.response.body"):
-            await sender.send(message)
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished = True
+        await send(message)
 
-    async def run() -> None:
-        async with sender:
-            fallback = (500, orjson.dumps({"error": "no response"}), b"application/json")
-            try:
-                await request.app.router(scope, receive, send)
-            except HTTPException as exc:
-                text = _GIN_TEXTS.get(exc.status_code, str(exc.detail))
-                fallback = (exc.status_code, text.encode(), b"text/plain")
-            except Exception as exc:
-                log.exception("native handler failed for %s %s", method, path)
-                fallback = (
-                    500,
-                    orjson.dumps({"error": f"internal server error: {exc}"}),
-                    b"application/json",
-                )
-            if not started:
-                for message in _synthetic(*fallback):
-                    await sender.send(message)
+    try:
+        await request.app.router(scope, receive, tracking_send)
+    except HTTPException as exc:
+        if started:
+            raise
+        text = _GIN_TEXTS.get(exc.status_code, str(exc.detail))
+        await _send_answer(send, exc.status_code, text.encode(), b"text/plain")
+    except Exception as exc:
+        log.exception("native handler failed for %s %s", method, path)
+        if not started:
+            error = orjson.dumps({"error": f"internal server error: {exc}"})
+            await _send_answer(send, 500, error, b"application/json")
+        elif not finished:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        if not started:  # a handler that answered nothing (the client went away)
+            await _send_answer(send, 499, b"", b"text/plain")
+        elif not finished:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    failure: Exception | None = None
-    async with anyio.create_task_group() as group, receiver:
-        group.start_soon(run)
-        start = await receiver.receive()
-        reply = NativeReply(start["status"], Headers(raw=start.get("headers", [])), receiver)
-        try:
-            yield reply
-        except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
-            failure = exc
-        if not reply.complete:
-            group.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+
+async def read_native(
+    request: Request, method: str, path: str, body: Mapping[str, Any] | None = None
+) -> tuple[int, bytes]:
+    """The status and whole body of a native answer."""
+    status = 500
+    chunks: list[bytes] = []
+
+    async def collect(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await call_native(request, method, path, body, collect)
+    return status, b"".join(chunks)

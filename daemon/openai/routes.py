@@ -16,10 +16,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from daemon.openai import anthropic, convert, responses, shapes
-from daemon.openai.native import native_call
+from daemon.openai.native import call_native
 from daemon.openai.stream import SSE_MEDIA_TYPE, ChatStream, CompletionStream, EventWriter
 
 Obj = dict[str, Any]
@@ -60,31 +60,69 @@ class Translated(Response):
         self.error_shape = error_shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with native_call(self.request, self.method, self.path, self.native_body) as reply:
-            if reply.status != 200:
-                message = shapes.native_error(await reply.read())
-                await error_response(reply.status, message, self.error_shape)(scope, receive, send)
-            elif self.stream is None:
-                await self._send_whole(await reply.read(), scope, receive, send)
-            else:
-                await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-                stream = self.stream
-                async for native in reply.objects():
-                    if not stream.finished:
-                        frames = stream.feed(native if isinstance(native, dict) else {})
-                        await send({"type": "http.response.body", "body": frames, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        writer = _Writer(self, scope, receive, send)
+        await call_native(self.request, self.method, self.path, self.native_body, writer.send)
 
-    async def _send_whole(self, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            native = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            native = None
-        if not isinstance(native, dict):
-            response = error_response(500, "invalid response from the native handler", self.error_shape)
+    async def answer(self, status: int, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        """A whole native answer: the translated object, or the translated error."""
+        if status != 200:
+            response = error_response(status, shapes.native_error(body), self.error_shape)
         else:
-            response = json_response(self.whole(native))
+            try:
+                native = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                native = None
+            if isinstance(native, dict):
+                response = json_response(self.whole(native))
+            else:
+                response = error_response(500, "invalid response from the native handler", self.error_shape)
         await response(scope, receive, send)
+
+
+class _Writer:
+    """Between the native handler and the client: a 200 answer to a streamed request goes out
+    as events, line by line as it comes; anything else is collected and answered whole."""
+
+    def __init__(self, response: Translated, scope: Scope, receive: Receive, send: Send) -> None:
+        self.response = response
+        self.scope, self.receive, self.outer = scope, receive, send
+        self.status = 500
+        self.streaming = False
+        self.pending = b""
+        self.chunks: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.streaming = self.status == 200 and self.response.stream is not None
+            if self.streaming:
+                await self.outer({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            return
+        if message["type"] != "http.response.body":
+            return
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if not self.streaming:
+            self.chunks.append(body)
+            if not more:
+                data = b"".join(self.chunks)
+                await self.response.answer(self.status, data, self.scope, self.receive, self.outer)
+            return
+        lines = (self.pending + body).split(b"\n")
+        self.pending = lines.pop() if more else b""  # an unfinished line waits for the rest
+        frames = self._frames(lines)
+        if frames or not more:
+            await self.outer({"type": "http.response.body", "body": frames, "more_body": more})
+
+    def _frames(self, lines: list[bytes]) -> bytes:
+        stream = self.response.stream
+        assert stream is not None
+        out = []
+        for line in lines:
+            if line.strip() and not stream.finished:
+                native = orjson.loads(line)
+                out.append(stream.feed(native if isinstance(native, dict) else {}))
+        return b"".join(out)
 
 
 _SSE_HEADERS = [(b"content-type", SSE_MEDIA_TYPE.encode()), (b"cache-control", b"no-cache")]
