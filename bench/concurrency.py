@@ -149,10 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     with daemon(model_dir, ipc=args.ipc) as url:
         results["mlxd"] = [asyncio.run(_round("mlxd", url, prompt, args.tokens, s)) for s in counts]
     if not args.skip_mlx_lm:
+        rows: list[dict[str, Any]] = []
         with mlx_lm_server(model_dir, args.tokens) as url:
-            results["mlx_lm_server"] = [
-                asyncio.run(_round("mlx_lm", url, prompt, args.tokens, s)) for s in counts
-            ]
+            for s in counts:
+                try:
+                    rows.append(asyncio.run(_round("mlx_lm", url, prompt, args.tokens, s)))
+                except httpx.HTTPError as exc:  # report it and keep the rest of the figures
+                    rows.append({"streams": s, "error": f"{type(exc).__name__}: {exc}"})
+        results["mlx_lm_server"] = rows
     out: dict[str, Any] = {
         "bench": "concurrency",
         "model": args.model,
