@@ -273,13 +273,11 @@ def _plan_files(store: Store, plan: _Plan, files: dict[str, str]) -> None:
     uploads = Uploads(store)
     for name, digest in files.items():
         try:
-            safe_relpath(name)
+            safe_relpath(name)  # also refuses absolute paths ("/x" has an empty component)
         except StoreError:
             raise CreateError(NOT_RELATIVE) from None
-        if name.startswith("/"):
-            raise CreateError(NOT_RELATIVE)
         try:
-            blob_hex(digest) if isinstance(digest, str) else blob_hex("")
+            blob_hex(digest if isinstance(digest, str) else "")
         except ValueError:
             raise CreateError(INVALID_DIGEST) from None
         if not uploads.exists(digest):

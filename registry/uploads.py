@@ -63,6 +63,7 @@ class Uploads:
         raises :class:`~registry.store.StoreError` when the blob is nowhere."""
         target = self.store.blob_path(digest)
         if target.is_file():
+            self.path(digest).unlink(missing_ok=True)  # uploaded again: the store has it already
             return f"sha256:{blob_hex(digest)}", target.stat().st_size, True
         try:
             found, size, existed = self.store.add_blob(self.path(digest), move=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from registry.create import UNKNOWN_FILES
 from registry.hub import Hub
 from registry.pull import Puller
 from registry.store import Store
+from registry.uploads import Uploads
 from tests.fakehub import FakeHub
 from tests.http_support import error_of, json_body, ndjson
 from tests.test_store import make_model_dir
@@ -320,3 +323,16 @@ async def test_paths_only_from_this_machine(
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as local:
             body = {"model": "z", "from": str(source), "stream": False}
             assert (await local.post("/api/create", json=body)).status_code == 200, host
+
+
+def test_uploads_are_kept_a_day(store: Store) -> None:
+    uploads = Uploads(store)
+    data = b"an upload nobody used"
+    with uploads.receive(digest_of(data)) as writer:
+        writer.write(data)
+        writer.commit()
+    path = uploads.path(digest_of(data))
+    assert path.read_bytes() == data and uploads.prune() == 0
+    old = time.time() - 25 * 3600
+    os.utime(path, (old, old))
+    assert uploads.prune() == 1 and not uploads.exists(digest_of(data))
