@@ -257,7 +257,7 @@ class Scheduler:
         waited = False
         while True:
             if self._closed:
-                raise EngineError("the server is shutting down", 503)
+                raise EngineError("server is shutting down", 503)
             slot = self._slots.get(model.digest)
             if slot is not None and slot.worker is not None:
                 if slot.ready:
@@ -330,6 +330,9 @@ class Scheduler:
         budget = self.limits.memory_bytes
         if budget and slot.weights > budget:
             raise EngineError(too_big_message(slot.weights, budget))
+        # Workers that expired or died are still exiting: their memory is not free yet.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))  # (unlike gather, never cancels them)
         while True:
             now = time.monotonic()
             loaded = [s for s in self._slots.values() if s.worker is not None and s is not slot]

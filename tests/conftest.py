@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,11 +33,33 @@ def free_port() -> int:
 
 
 def shm_entries() -> set[str]:
-    """Our shared-memory segments and semaphores currently in /dev/shm."""
+    """Our shared-memory segments and semaphores currently in /dev/shm, leaving out those of
+    workers that are starting (their channel is named on their command line): other test
+    sessions on this machine may be starting daemons and workers at the same time."""
     try:
-        return {name for name in os.listdir("/dev/shm") if "mlxd" in name}
+        names = {name for name in os.listdir("/dev/shm") if "mlxd" in name}
     except FileNotFoundError:
         return set()
+    if not names:
+        return names
+    in_use = set(_CHANNEL_RE.findall(" ".join(_command_lines())))
+    return {name for name in names if not (set(_CHANNEL_RE.findall(name)) & in_use)}
+
+
+_CHANNEL_RE = re.compile(r"mlxd-[0-9a-f]+")
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                lines.append(
+                    Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                continue
+    return lines
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -113,11 +136,13 @@ def start_daemon(home: Path, ipc: str = "shm", extra_env: dict[str, str] | None 
 
 
 @contextmanager
-def daemon_with_tiny(home: Path, model_dir: Path, ipc: str = "shm") -> Iterator[Daemon]:
+def daemon_with_tiny(
+    home: Path, model_dir: Path, ipc: str = "shm", extra_env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
     """A real daemon with the tiny model installed as ``tiny``; on exit, checks that it
     stopped cleanly and left no process, no shared memory and no traceback behind."""
     before = shm_entries()
-    daemon = start_daemon(home, ipc=ipc)
+    daemon = start_daemon(home, ipc=ipc, extra_env=extra_env)
     try:
         response = httpx.post(
             daemon.url + "/api/create",

@@ -67,6 +67,7 @@ class FakeWorker:
         yield Finished("stop", 1, 1, 1, 1)
 
     async def stop(self) -> None:
+        await asyncio.sleep(self.factory.stop_delay)
         self._alive = False
         self.factory.events.append(("stop", self.model.name))
 
@@ -78,6 +79,7 @@ class Factory:
         self.broken: set[str] = set()
         self.sizes: dict[str, int] = {}
         self.load_delay = 0.0
+        self.stop_delay = 0.0
         self.workers: list[FakeWorker] = []
 
     def __call__(self, model: ModelHandle) -> FakeWorker:
@@ -397,6 +399,17 @@ async def test_a_held_model_is_not_evicted_before_its_generation(
     assert not other.done()
     assert await run(scheduler, models["a"]) == "a:hi"  # consumes the hold
     await other
+    assert factory.events == [("start", "a"), ("stop", "a"), ("start", "b")]
+    await scheduler.close()
+
+
+async def test_a_load_waits_for_expired_workers_to_exit(
+    factory: Factory, models: dict[str, ModelHandle]
+) -> None:
+    factory.stop_delay = 0.1
+    scheduler = make(factory)
+    await run(scheduler, models["a"], keep_alive=0)  # its worker now exits in the background
+    await scheduler.load(models["b"])
     assert factory.events == [("start", "a"), ("stop", "a"), ("start", "b")]
     await scheduler.close()
 

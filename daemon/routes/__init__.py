@@ -44,7 +44,7 @@ def model_handle(model: InstalledModel) -> ModelHandle:
 
 
 def routes() -> list[BaseRoute]:
-    from daemon.routes import chat, create, generate, manage, models, pull
+    from daemon.routes import chat, create, generate, manage, models, ps, pull
     from daemon.routes.embed import ROUTES as EMBED_ROUTES
 
     return [
@@ -52,6 +52,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/version", models.version, methods=["GET", "HEAD"]),
         Route("/api/tags", models.tags, methods=["GET", "HEAD"]),
         Route("/api/show", models.show, methods=["POST"]),
+        Route("/api/ps", ps.ps, methods=["GET"]),
         Route("/api/generate", generate.generate, methods=["POST"]),
         Route("/api/chat", chat.chat, methods=["POST"]),
         *EMBED_ROUTES,
