@@ -248,11 +248,18 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
 
 def build(config: dict[str, Any], weights: dict[str, mx.array], float32: bool) -> BertModel:
-    """The model of ``config.json`` with ``weights`` loaded (quantized layers as the config's
-    ``quantization`` says). ``float32`` casts float weights to fp32 (fp16 math is slow or
-    emulated on CPUs)."""
+    """The model of ``config.json`` with ``weights`` loaded (see :func:`load_weights`)."""
     model = BertModel(BertConfig.from_dict(config))
-    weights = sanitize(weights)
+    load_weights(model, config, sanitize(weights), float32)
+    return model
+
+
+def load_weights(
+    model: nn.Module, config: dict[str, Any], weights: dict[str, mx.array], float32: bool
+) -> None:
+    """Load ``weights`` (already named as ``model``'s parameters), quantizing the layers that
+    come quantized (the config's ``quantization``). ``float32`` casts float weights to fp32
+    (fp16 math is slow or emulated on CPUs)."""
     quantization = config.get("quantization")
     if isinstance(quantization, dict):
         nn.quantize(
@@ -268,4 +275,3 @@ def build(config: dict[str, Any], weights: dict[str, mx.array], float32: bool) -
         }
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
-    return model

@@ -4,7 +4,8 @@ A sentence-transformers directory says how its vectors are made: ``modules.json`
 Transformer, a Pooling module (its ``1_Pooling/config.json`` picks CLS, mean, max… pooling)
 and, for most models, a Normalize module; ``sentence_bert_config.json`` gives the longest
 input (``max_seq_length``) and whether the text is lower-cased first. :class:`Encoder` does the
-same steps with the BERT of :mod:`worker.bert`, on batches of inputs sorted by length.
+same steps with the BERT of :mod:`worker.bert` (or :mod:`worker.nomic_bert`), on batches of
+inputs sorted by length.
 
 On top of the model's own vectors, an ``embed`` command (``worker.protocol.EmbedCommand``)
 gets Ollama's ``/api/embed`` treatment unless it asks otherwise: L2-normalize, cut to
@@ -26,7 +27,7 @@ import orjson
 from mlx.utils import tree_flatten
 from tokenizers import Encoding, Tokenizer
 
-from worker import bert, protocol
+from worker import bert, nomic_bert, protocol
 from worker.protocol import EmbedCommand, GenerateCommand, ModelInfo
 from worker.transport import EventWriter
 
@@ -40,6 +41,7 @@ NO_EMBEDDINGS_STATUS = 501
 NO_GENERATION = "this model only supports embeddings"
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len", "lasttoken")
+ENCODER_TYPES = bert.ENCODER_TYPES | {nomic_bert.MODEL_TYPE}
 _BATCH_TOKENS = 8192  # padded tokens in one forward pass
 _NORMALIZE = "sentence_transformers.models.Normalize"
 _POOLING = "sentence_transformers.models.Pooling"
@@ -49,7 +51,7 @@ _TRANSFORMER = "sentence_transformers.models.Transformer"
 def is_encoder(model_dir: Path) -> bool:
     """Whether ``model_dir`` holds a BERT-family encoder (by ``config.json``'s ``model_type``)."""
     config = _read_json(model_dir / "config.json")
-    return str(config.get("model_type", "")) in bert.ENCODER_TYPES
+    return str(config.get("model_type", "")) in ENCODER_TYPES
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,10 @@ class Encoder:
             raise bert.UnsupportedModel(f"no .safetensors weights in {model_dir}")
         for file in files:
             weights.update(mx.load(str(file)))  # type: ignore[arg-type]
-        self.model = bert.build(config, weights, float32=mx.default_device() == mx.cpu)
+        build = nomic_bert.build if config.get("model_type") == nomic_bert.MODEL_TYPE else bert.build
+        self.model: bert.BertModel | nomic_bert.NomicBertModel = build(
+            config, weights, float32=mx.default_device() == mx.cpu
+        )
         mx.eval(self.model.parameters())
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         # tokenizer.json may carry the padding and truncation of its export: lengths are ours.
