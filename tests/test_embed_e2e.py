@@ -76,6 +76,8 @@ def test_embed_matches_sentence_transformers(client: ollama.Client, daemon: Daem
     assert result.total_duration and result.load_duration
     assert result.total_duration >= result.load_duration
     assert client.show(MODEL).capabilities == ["embedding"]
+    (loaded,) = [m for m in client.ps().models if m.model.startswith(MODEL)]
+    assert loaded.context_length == REFERENCE["max_seq_length"]  # the encoder's limit
 
 
 def test_dimensions(client: ollama.Client) -> None:
