@@ -155,3 +155,26 @@ def test_prompt_cache_counts_only_evaluated_tokens(generator: Any) -> None:
     assert rec.stats(again["id"])["prompt_eval_count"] == 1  # everything else came from the cache
     assert rec.text(again["id"]) == rec.text(first["id"])
     assert full > 5
+
+
+def test_format_survives_the_move_into_a_batch(generator: Any) -> None:
+    """A constrained request that starts alone (here from an exact prompt-cache hit) and
+    moves into a batch must not feed its last token to the grammar twice."""
+    schema = {
+        "type": "object",
+        "properties": {"sky": {"enum": ["clear", "cloudy"]}},
+        "required": ["sky"],
+        "additionalProperties": False,
+    }
+    options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_predict": 40}
+
+    def constrained(seed: int) -> dict[str, Any]:
+        return {**command("Weather?"), "format": schema, "options": {**options, "seed": seed}}
+
+    rec = Recorder()
+    warm = constrained(1)
+    generator.run(warm, rec, lambda: False)  # fills the prompt cache
+    first, second = constrained(2), constrained(3)
+    serve(generator, [first, second], rec)
+    for cmd in (warm, first, second):
+        assert orjson.loads(rec.text(cmd["id"]))["sky"] in ("clear", "cloudy")

@@ -100,18 +100,18 @@ class JsonConstraint:
         self.words = (vocab_size + 31) // 32
         self._mask = np.zeros((1, self.words), dtype=np.int32)
         self._started = False
-        self._seen = 0
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        # Consume only a token not seen before: a request that moves from running alone
-        # into a batch replays its last step (generate_step had already computed it).
-        seen = int(tokens.size)
-        if self._started and seen > self._seen:
+        if self._started:
             self.matcher.consume_token(int(tokens[-1].item()))  # type: ignore[arg-type]
         self._started = True
-        self._seen = seen
         allowed = self.allowed()
         return mx.where(allowed, logits, mx.array(-float("inf"), logits.dtype))
+
+    def replay_next(self) -> None:
+        """The next call repeats a step whose token this processor already consumed (a
+        request moving from ``generate_step``, which runs one step ahead, into a batch)."""
+        self._started = False
 
     def allowed(self) -> mx.array:
         """The current mask as booleans over the logits' vocabulary."""

@@ -125,6 +125,8 @@ class Generator:
                 held = cache[0].offset
                 trim_prompt_cache(cache, held - (len(seq.fed) - 1))
                 steps.close()
+                if seq.constraint is not None:
+                    seq.constraint.replay_next()
                 return Moved(seq, cache, [seq.fed[-1]])
         steps.close()
         seq.finish("length")

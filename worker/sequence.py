@@ -72,6 +72,7 @@ class Sequence:
         else:
             sampling.seed_random(options)  # fresh entropy: no earlier seed carries over
         self.processors = sampling.build_processors(options, num_ctx)
+        self.constraint = constraint
         if constraint is not None:
             self.processors.append(constraint)
         self.router = _router(generator, command, prompt)
