@@ -14,11 +14,12 @@ import base64
 import contextlib
 import itertools
 import logging
+import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from daemon.engine import (
@@ -40,12 +41,39 @@ from worker.transport import EventReader, ShmChannel, stdio_reader
 log = logging.getLogger("mlxd.worker_client")
 
 _POLL_SECONDS = 0.5  # how often the reader thread checks that the worker still lives
+STALL_TIMEOUT_ENV = "MLXD_WORKER_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 600.0  # generous: a long prompt on a slow machine sends nothing for a while
+
+
+def stall_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a worker with requests in flight may send no event before it is killed
+    (``MLXD_WORKER_STALL_TIMEOUT``; 0 turns the watchdog off; anything unreadable keeps the default)."""
+    text = (os.environ if environ is None else environ).get(STALL_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_STALL_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        log.warning("invalid %s=%r, using %gs", STALL_TIMEOUT_ENV, text, DEFAULT_STALL_TIMEOUT)
+        return DEFAULT_STALL_TIMEOUT
+    return value
+
+
+def stalled_message(seconds: float) -> str:
+    return (
+        f"model runner made no progress for {seconds:g}s and was stopped, check the server logs for details"
+    )
 
 
 class WorkerProcess:
-    def __init__(self, model: ModelHandle, ipc: str) -> None:
+    def __init__(self, model: ModelHandle, ipc: str, stall: float | None = None) -> None:
         self.model = model
         self.ipc = ipc
+        # The watchdog: a worker that owes events and sends none for this long is killed.
+        self.stall = stall_timeout() if stall is None else stall
+        self._progress = time.monotonic()  # the latest event, or the first request of a busy spell
+        self._stalled = False
+        self._watchdog: asyncio.Task[None] | None = None
         self.info: ModelInfo = {}
         self.last_used = time.monotonic()
         self._ids = itertools.count(1)
@@ -100,7 +128,35 @@ class WorkerProcess:
         except BaseException:
             await self.stop()
             raise
+        if self.stall > 0:
+            self._watchdog = self._loop.create_task(self._watch(), name=f"watchdog-{self.model.name}")
         return self.info
+
+    async def _watch(self) -> None:
+        """Kill the worker once it has owed events for ``stall`` seconds without sending any
+        (hung, stopped, deadlocked): its requests end with an error and the next one reloads."""
+        interval = min(self.stall / 4, 1.0)
+        while not self._exited.is_set():
+            await asyncio.sleep(interval)
+            quiet = time.monotonic() - self._progress
+            if self._pending and quiet >= self.stall and self._proc is not None and self._proc.poll() is None:
+                log.error(
+                    "worker for %s sent nothing for %.1fs with %d request(s) in flight; killing it",
+                    self.model.name,
+                    quiet,
+                    len(self._pending),
+                )
+                self._stalled = True
+                self._proc.kill()  # the reader thread sees it exit and ends the requests
+                return
+
+    def _track(self, request_id: int) -> asyncio.Queue[dict[str, Any]]:
+        """A queue for one request's events; the stall clock starts with the first request."""
+        if not self._pending:
+            self._progress = time.monotonic()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending[request_id] = queue
+        return queue
 
     # ------------------------------------------------------------------ events
 
@@ -127,6 +183,7 @@ class WorkerProcess:
                 self._loop.call_soon_threadsafe(self._on_exit)
 
     def _dispatch(self, batch: list[bytes]) -> None:
+        self._progress = time.monotonic()
         for payload in batch:
             event: dict[str, Any] = protocol.decode_event(payload)  # type: ignore[assignment]
             tag = event["t"]
@@ -160,9 +217,12 @@ class WorkerProcess:
                 self.model.name,
                 code,
             )
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineError(RUNNER_STOPPED))
-        stopped = {"t": protocol.ERROR, "id": 0, "msg": RUNNER_STOPPED, "status": 500}
+        message = stalled_message(self.stall) if self._stalled else RUNNER_STOPPED
+        stopped = {"t": protocol.ERROR, "id": 0, "msg": message, "status": 500}
         for queue in self._pending.values():
             queue.put_nowait(stopped)
         self._release_channel()
@@ -181,8 +241,7 @@ class WorkerProcess:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         request_id = next(self._ids)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._pending[request_id] = queue
+        queue = self._track(request_id)
         command: GenerateCommand = {
             "op": "generate",
             "id": request_id,
@@ -231,8 +290,7 @@ class WorkerProcess:
     ) -> Embeddings:
         """One embed command (``worker.protocol.EmbedCommand``); its vectors or its error."""
         request_id = next(self._ids)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._pending[request_id] = queue
+        queue = self._track(request_id)
         command: EmbedCommand = {
             "op": "embed",
             "id": request_id,
@@ -276,6 +334,10 @@ class WorkerProcess:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5.0)
         self._on_exit()
+        if self._watchdog is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from worker import protocol
 from worker.batching import JobQueue
+from worker.model_files import DamagedModel, check_model_files
 from worker.protocol import Command
 from worker.transport import EventWriter, attach_shm_writer, stdio_writer
 
@@ -39,6 +40,7 @@ class Worker:
         try:
             from worker import embedding
 
+            check_model_files(self.model_dir)
             generator: Generator | embedding.Encoder
             if embedding.is_encoder(self.model_dir):
                 generator = embedding.Encoder(self.model_dir)
@@ -47,7 +49,10 @@ class Worker:
 
                 generator = Generator(self.model_dir)
         except BaseException as exc:  # any load failure is reported, then the worker exits
-            log.exception("loading %s failed", self.model_dir)
+            if isinstance(exc, (DamagedModel, ValueError)):  # the message says it all
+                log.error("loading %s failed: %s", self.model_dir, exc)
+            else:
+                log.exception("loading %s failed", self.model_dir)
             self._emit(protocol.error(protocol.WORKER_ID, f"failed to load model: {exc}", 500))
             self.writer.close()
             os._exit(1)  # the main thread is blocked reading stdin
