@@ -18,8 +18,9 @@ import httpx
 import pexpect
 import pytest
 
-from daemon.cli import main
+from daemon.cli import main, models
 from daemon.cli.formatting import human_bytes
+from registry.tiny_model import write_tiny_model
 from tests.conftest import ROOT, TINY, Daemon, daemon_with_tiny, free_port
 from tests.fakehub import FakeHub
 
@@ -46,6 +47,7 @@ def daemon(hub: FakeHub, tiny_model_dir: Path, tmp_path_factory: pytest.TempPath
     with ExitStack() as stack:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.port}")  # the daemon pulls from the fake hub
+            patch.setenv("OLLAMA_NUM_PARALLEL", "1")  # one answer at a time: see the Ctrl-C test
             daemon = stack.enter_context(daemon_with_tiny(home, tiny_model_dir))
         # The tiny model talks until its (random) end token: keep one-shot answers short.
         body = {"model": SHORT, "from": TINY, "parameters": {"num_predict": 8}, "stream": False}
@@ -216,6 +218,26 @@ def test_create_show_cp_stop_rm(
     assert main(["list"]) == 0 and "brief" not in capsys.readouterr().out
 
 
+def test_create_for_a_server_elsewhere_uploads_the_files(
+    daemon: Daemon,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server on another machine cannot read our paths: the files go through /api/blobs."""
+    write_tiny_model(tmp_path / "model", seed=7)  # files the daemon has not seen
+    (tmp_path / "Modelfile").write_text("FROM ./model\nPARAMETER num_predict 4\n")
+    monkeypatch.setenv("OLLAMA_HOST", daemon.url.removeprefix("http://"))
+    monkeypatch.setattr(models, "server_is_local", lambda url: False)
+    assert main(["create", "uploaded", "-f", str(tmp_path / "Modelfile")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "copying file config.json" in lines and lines[-1] == "success"
+    assert any(line.startswith("creating new layer sha256:") for line in lines)
+    tags = httpx.get(f"{daemon.url}/api/tags").json()["models"]
+    assert "uploaded:latest" in [m["name"] for m in tags]
+    assert main(["rm", "uploaded"]) == 0 and capsys.readouterr().out == "deleted 'uploaded'\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -347,8 +369,8 @@ def test_interactive_session(daemon: Daemon, tmp_path: Path) -> None:
     started = time.monotonic()
     prompt()
     assert time.monotonic() - started < 10
-    # The daemon stopped generating: a short answer comes at once (requests to a model are served
-    # one after another, so an answer still running would hold this one for minutes).
+    # The daemon stopped generating: a short answer comes at once (this daemon answers one request
+    # at a time per model, so an answer still running would hold this one for minutes).
     command("/set parameter num_predict 2", "Set parameter 'num_predict' to '2'")
     child.sendline("Again")
     child.expect_exact(PLACEHOLDER, timeout=20)

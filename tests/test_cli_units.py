@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,8 +27,9 @@ from daemon.cli.formatting import (
     human_time,
     table,
 )
-from daemon.cli.models import processor, until
+from daemon.cli.models import processor, server_is_local, until
 from daemon.cli.progress import PlainProgress, RichProgress, layer_label
+from daemon.cli.run import RunOptions, chat_turn
 from daemon.cli.session import format_param, go_value
 from daemon.cli.show import show_info
 
@@ -225,6 +227,13 @@ def test_processor_and_until_columns() -> None:
     assert until("2318-01-01T00:00:00+00:00", now=NOW) == "Forever"
 
 
+def test_which_servers_can_read_local_paths() -> None:
+    for url in ("http://127.0.0.1:11434", "http://127.0.0.2:1", "http://[::1]:11434", "http://localhost:1"):
+        assert server_is_local(url)
+    for url in ("http://192.168.1.20:11434", "https://example.com/ollama"):
+        assert not server_is_local(url)
+
+
 # -- progress ------------------------------------------------------------------------------------------
 
 DIGEST = "sha256:6a0746a1ec1aef3e7ec53868f220ff6e389f6f8ef87a01d77c96807de94ca2aa"
@@ -406,4 +415,48 @@ def test_client_says_when_no_server_runs() -> None:
         client.require_server()
     with pytest.raises(CLIError, match="could not connect"):
         list(client.stream("/api/pull", {}))
+    client.close()
+
+
+class ScriptedStream(httpx.SyncByteStream):
+    """A chat stream that is interrupted (Ctrl-C) after ``count`` chunks; records its closing."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(self.count):
+            yield (
+                orjson.dumps({"message": {"role": "assistant", "content": f"word{i} "}, "done": False})
+                + b"\n"
+            )
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("where", ["reading", "writing"])
+def test_ctrl_c_closes_the_answers_stream(
+    where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the client waits for the next chunk, or while it writes one: either way
+    the response is closed, which is what stops the generation on the server."""
+    stream = ScriptedStream(3 if where == "reading" else 1000)
+    client = mock_client(lambda request: httpx.Response(200, stream=stream))
+    if where == "writing":
+        calls = []
+
+        def content(self: ResponseWriter, text: str, tool_calls: Any = None) -> None:
+            calls.append(text)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(ResponseWriter, "content", content)
+    opts = RunOptions(model="m", messages=[{"role": "user", "content": "Hi"}])
+    assert chat_turn(client, opts) is None
+    assert stream.closed
+    if where == "reading":
+        assert capsys.readouterr().out == "word0 word1 word2 \n\n"
     client.close()

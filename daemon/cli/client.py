@@ -8,8 +8,9 @@ no server answers at the configured address.
 from __future__ import annotations
 
 import platform
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -88,6 +89,20 @@ class Client:
     def delete(self, path: str, body: dict[str, Any]) -> Any:
         return _json(self._call("DELETE", path, body))
 
+    def has_blob(self, digest: str) -> bool:
+        """``HEAD /api/blobs/<digest>``: whether the server already has the file."""
+        return self._call("HEAD", f"/api/blobs/{digest}", allow=(404,)).status_code == 200
+
+    def upload_blob(self, digest: str, path: Path) -> None:
+        """``POST /api/blobs/<digest>`` with the file's bytes, streamed."""
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        self._call("POST", f"/api/blobs/{digest}", content=chunks())
+
     def stream(self, path: str, body: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
         """POST and yield each NDJSON object.
 
@@ -118,15 +133,23 @@ class Client:
         except httpx.HTTPError as exc:
             raise CLIError(self._lost(exc)) from None
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        content = orjson.dumps(body) if body is not None else None
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        allow: tuple[int, ...] = (),
+    ) -> httpx.Response:
+        if body is not None:
+            content = orjson.dumps(body)
         try:
             response = self.http.request(method, path, content=content)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             raise CLIError(self.not_running()) from None
         except httpx.HTTPError as exc:
             raise CLIError(self._lost(exc)) from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in allow:
             raise StatusError(response.status_code, _error_text(response))
         return response
 

@@ -1,18 +1,23 @@
 """The model verbs: ``list``/``ls``, ``ps``, ``pull``, ``rm``, ``cp``, ``stop`` and ``create``,
-with the columns and messages of Ollama's CLI (reference §9)."""
+with the columns and messages of Ollama's CLI (reference §9). ``create`` sends a local model's
+files with ``/api/blobs`` when the server runs on another machine."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import ipaddress
 import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from daemon.cli.client import Client, CLIError
 from daemon.cli.formatting import human_bytes, human_time, parse_time, table
-from daemon.cli.progress import show_progress
+from daemon.cli.progress import progress_view, show_progress
 from daemon.cli.run import pull_model, unload_model
 
 LIST_COLUMNS = ["NAME", "ID", "SIZE", "MODIFIED"]
@@ -137,6 +142,47 @@ def _modelfile(path: str | None) -> tuple[str, Path]:
         raise CLIError(f"cannot read {file}: {exc.strerror}") from None
 
 
+def server_is_local(base_url: str) -> bool:
+    """Whether the server runs on this machine (a loopback address), so it can read our files."""
+    host = httpx.URL(base_url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def upload_files(client: Client, source: Path) -> dict[str, str]:
+    """Send a model directory's files (or one GGUF file) with ``/api/blobs``, skipping those
+    the server has; the ``files`` map of ``/api/create`` (relative name → digest)."""
+    from registry.store import iter_source_files
+
+    named = iter_source_files(source) if source.is_dir() else [(source.name, source)]
+    if not named:
+        raise CLIError(f"no files to create a model from in {source}")
+    view = progress_view()
+    files: dict[str, str] = {}
+    try:
+        for name, path in named:
+            digest = "sha256:" + _sha256(path)
+            view.update({"status": f"copying file {name}"})
+            if not client.has_blob(digest):
+                client.upload_blob(digest, path)
+            files[name] = digest
+    finally:
+        view.close()
+    return files
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def create(client: Client, args: argparse.Namespace) -> int:
     """``create MODEL [-f Modelfile] [-q LEVEL]``: the Modelfile is parsed here, its ``FROM``
     path made absolute; the server builds the model and streams its progress."""
@@ -145,6 +191,11 @@ def create(client: Client, args: argparse.Namespace) -> int:
     text, folder = _modelfile(args.file)
     request = create_request_from_modelfile(args.model, text, folder)
     body: dict[str, Any] = {"model": request.model, "from": request.from_, "stream": True}
+    source = Path(request.from_)
+    if source.is_absolute() and source.exists() and not server_is_local(client.base_url):
+        # A server elsewhere cannot read our paths: send the files, as Ollama's CLI does.
+        del body["from"]
+        body["files"] = upload_files(client, source)
     for key in ("template", "system", "parameters", "messages", "license"):
         value = getattr(request, key)
         if value:
