@@ -14,18 +14,19 @@ from daemon.worker_client import WorkerProcess
 
 
 class WorkerPool(Scheduler):
-    def __init__(self, ipc: IpcKind | str = "shm", limits: Limits | None = None) -> None:
+    def __init__(self, ipc: IpcKind | str = "shm", limits: Limits | None = None, parallel: int = 4) -> None:
         self.ipc = ipc
+        self.parallel = parallel
         super().__init__(self._worker, limits)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerPool:
         """The pool the daemon runs: its limits from the environment, the memory guard set
         to the machine's physical memory."""
-        return cls(ipc=settings.ipc, limits=limits_from(settings))
+        return cls(ipc=settings.ipc, limits=limits_from(settings), parallel=settings.num_parallel)
 
     def _worker(self, model: ModelHandle) -> Worker:
-        return WorkerProcess(model, self.ipc)
+        return WorkerProcess(model, self.ipc, parallel=self.parallel)
 
 
 def limits_from(settings: Settings) -> Limits:

@@ -66,9 +66,10 @@ def stalled_message(seconds: float) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, model: ModelHandle, ipc: str, stall: float | None = None) -> None:
+    def __init__(self, model: ModelHandle, ipc: str, stall: float | None = None, parallel: int = 4) -> None:
         self.model = model
         self.ipc = ipc
+        self.parallel = parallel  # sequences the worker may batch (OLLAMA_NUM_PARALLEL)
         # The watchdog: a worker that owes events and sends none for this long is killed.
         self.stall = stall_timeout() if stall is None else stall
         self._progress = time.monotonic()  # the latest event, or the first request of a busy spell
@@ -109,6 +110,8 @@ class WorkerProcess:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE if self.ipc == "stdio" else subprocess.DEVNULL,
                 start_new_session=True,
+                # The daemon's parsed value, so that daemon and worker agree on it.
+                env={**os.environ, "OLLAMA_NUM_PARALLEL": str(self.parallel)},
             )
         except OSError as exc:
             self._release_channel()
