@@ -17,15 +17,12 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     SpinnerColumn,
     Task,
     TaskID,
     TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.spinner import Spinner as RichSpinner
 from rich.text import Text
@@ -64,6 +61,39 @@ class _Only(ProgressColumn):
         return self.column(task)
 
 
+class _SizeColumn(ProgressColumn):
+    """``1.2 GB/2.0 GB`` while a layer downloads, its size once done (Ollama's bar)."""
+
+    def render(self, task: Task) -> RenderableType:
+        total = int(task.total or 0)
+        if task.finished:
+            return Text(human_bytes(total))
+        return Text(f"{human_bytes(int(task.completed))}/{human_bytes(total)}")
+
+
+class _RateColumn(ProgressColumn):
+    """Speed and time left while a layer downloads (``12 MB/s  1m5s``); blank once done."""
+
+    def render(self, task: Task) -> RenderableType:
+        speed = task.speed
+        if task.finished or not speed or task.total is None:
+            return Text("")
+        left = (task.total - task.completed) / speed
+        return Text(f"{human_bytes(int(speed))}/s  {eta(left)}")
+
+
+def eta(seconds: float) -> str:
+    """Ollama's ``formatDuration``: ``59s``, ``4m10s``, ``1h5m``, ``99h+``."""
+    whole = int(seconds + 0.5)
+    if whole >= 100 * 3600:
+        return "99h+"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
 class RichProgress:
     """Spinners and bars on a terminal."""
 
@@ -73,9 +103,8 @@ class RichProgress:
             TextColumn("{task.description}"),
             _Only(_LAYER, TextColumn("{task.percentage:>3.0f}%")),
             _Only(_LAYER, BarColumn(bar_width=None)),
-            _Only(_LAYER, DownloadColumn()),
-            _Only(_LAYER, TransferSpeedColumn()),
-            _Only(_LAYER, TimeRemainingColumn()),
+            _Only(_LAYER, _SizeColumn()),
+            _Only(_LAYER, _RateColumn()),
             console=console,
             redirect_stdout=False,
             redirect_stderr=False,
