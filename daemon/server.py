@@ -11,6 +11,7 @@ from types import FrameType
 import uvicorn
 
 from daemon.app import create_app
+from daemon.body_limit import BodyLimitMiddleware, max_body_bytes
 from daemon.config import Settings
 from daemon.pool import WorkerPool
 from daemon.shutdown import Drain, shutdown_timeout
@@ -45,7 +46,7 @@ def serve(settings: Settings) -> int:
     drain = Drain(shutdown_timeout(os.environ))
     app = create_app(settings, engine, store, drain)
     config = uvicorn.Config(
-        app,
+        BodyLimitMiddleware(app, max_body_bytes()),
         host=settings.bind_host,
         port=settings.port,
         log_level="info",

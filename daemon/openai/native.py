@@ -10,6 +10,7 @@ the client's own ``receive``. :func:`read_native` collects a whole answer.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -44,13 +45,22 @@ async def _send_answer(send: Send, status: int, body: bytes, content_type: bytes
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    """The body as JSON; integers past 64 bits (which orjson refuses) go through ``json``, so
+    the native route answers them as it answers any client."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
+
+
 async def call_native(
     request: Request, method: str, path: str, body: Mapping[str, Any] | None, send: Send
 ) -> None:
     """Run ``method path`` with ``body`` (JSON) on the app that serves ``request``; every
     response message goes to ``send``. A failure before the answer started becomes one (the
     app's 404/405 texts, or a 500 ``{"error"}``); after it, the body just ends."""
-    payload = b"" if body is None else orjson.dumps(body)
+    payload = b"" if body is None else _dumps(body)
     scope = _scope(request, method, path, payload)
     outer_receive = request.receive
     delivered = False
