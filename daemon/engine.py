@@ -105,6 +105,7 @@ class LoadedModel:
     memory_bytes: int  # resident size of the model
     context_length: int  # the context size requests run with
     expires_at: float = math.inf  # when it unloads, in seconds since the epoch; inf = never
+    on_gpu: bool = True  # the worker runs on a GPU (Metal or CUDA), not MLX's CPU backend
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,7 @@ class Scheduler:
                     memory_bytes=slot.resident,
                     context_length=slot.num_ctx or self.limits.context_length,
                     expires_at=wall + (expires - now) if math.isfinite(expires) else math.inf,
+                    on_gpu="cpu" not in str(slot.worker.info.get("device", "gpu")).lower(),
                 )
             )
         return out

@@ -52,8 +52,9 @@ def entry(
         "digest": model.digest,
         "details": info,
         "expires_at": local_time(expires),
-        # The resident size: on a Mac, unified memory the GPU works from.
-        "size_vram": model.memory_bytes,
+        # The resident size: on a Mac, unified memory the GPU works from; 0 on MLX's CPU
+        # backend, so that clients show "100% CPU" as Ollama does for a CPU-only model.
+        "size_vram": model.memory_bytes if model.on_gpu else 0,
         "context_length": model.context_length,
     }
 
