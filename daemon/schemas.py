@@ -21,7 +21,8 @@ THINK_LEVELS = ("high", "medium", "low", "max")
 ThinkValue = bool | str | None
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """How Go's decoder names a JSON value in an unmarshal error."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -48,7 +49,7 @@ async def read_json(request: Request, struct: str) -> Fields:
         data = {}
     if not isinstance(data, dict):
         raise ApiError(
-            f"json: cannot unmarshal {_json_kind(data).split()[0]} into Go value of type api.{struct}"
+            f"json: cannot unmarshal {json_kind(data).split()[0]} into Go value of type api.{struct}"
         )
     return Fields(data, struct)
 
@@ -62,7 +63,7 @@ class Fields:
 
     def mismatch(self, key: str, value: Any, go_type: str) -> ApiError:
         where = f"Go struct field {self.struct}.{key}"
-        return ApiError(f"json: cannot unmarshal {_json_kind(value)} into {where} of type {go_type}")
+        return ApiError(f"json: cannot unmarshal {json_kind(value)} into {where} of type {go_type}")
 
     def raw(self, key: str) -> Any:
         return self.data.get(key)

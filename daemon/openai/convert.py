@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from daemon.schemas import json_kind
+
 Body = dict[str, Any]
 
 # reasoning_effort → think (OpenAI's scale clamped onto Ollama's levels)
@@ -59,17 +61,6 @@ def go_type(value: Any) -> str:
     return "map[string]interface {}"
 
 
-def _json_kind(value: Any) -> str:
-    """How Go's decoder names a JSON value in an unmarshal error."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return f"number {orjson.dumps(value).decode()}"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def decode_body(raw: bytes) -> Mapping[str, Any]:
     """The request body as a JSON object (Go's binding errors for anything else)."""
     if not raw.strip():
@@ -81,7 +72,7 @@ def decode_body(raw: bytes) -> Mapping[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RequestError(f"json: cannot unmarshal {_json_kind(data)} into Go value of type openai.Request")
+        raise RequestError(f"json: cannot unmarshal {json_kind(data)} into Go value of type openai.Request")
     return data
 
 
@@ -94,7 +85,7 @@ class Fields:
 
     def _mismatch(self, key: str, value: Any, go: str) -> RequestError:
         where = f"Go struct field {self.struct}.{key}"
-        return RequestError(f"json: cannot unmarshal {_json_kind(value)} into {where} of type {go}")
+        return RequestError(f"json: cannot unmarshal {json_kind(value)} into {where} of type {go}")
 
     def string(self, key: str) -> str:
         value = self.data.get(key)
@@ -264,7 +255,7 @@ def chat_messages(messages: list[Any]) -> list[Body]:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RequestError(
-                f"json: cannot unmarshal {_json_kind(message)} into Go struct field "
+                f"json: cannot unmarshal {json_kind(message)} into Go struct field "
                 f"ChatCompletionRequest.messages of type openai.Message"
             )
         fields = Fields(message, f"ChatCompletionRequest.messages[{index}]")
