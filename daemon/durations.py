@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# Go's %q quoting, as Go's error messages print strings (shared with Modelfile rendering).
+from registry.modelfile import go_quote as go_quote
+
 FOREVER = math.inf
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5m
 
@@ -26,29 +29,6 @@ _UNITS: dict[str, int] = {
     "m": 60 * _NS_PER_S,
     "h": 3600 * _NS_PER_S,
 }
-
-
-def go_quote(text: str) -> str:
-    """``strconv.Quote``-like quoting, as Go's ``%q`` prints a string in error messages."""
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif not ch.isprintable():
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def _invalid(orig: str) -> ValueError:
