@@ -7,9 +7,10 @@ import math
 import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from decimal import Decimal
 
 from rich.cells import cell_len
+
+from registry.modelfile import go_float as go_float  # Go's %v of a float64, shared
 
 _STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 
@@ -124,26 +125,6 @@ def go_duration(nanoseconds: int) -> str:
     if hours == 0:
         return f"{sign}{minutes}m{seconds}s"
     return f"{sign}{hours}h{minutes}m{seconds}s"
-
-
-def go_float(value: float) -> str:
-    """Go's ``%g`` (and ``%v``) of a float64: the shortest digits, exponent form from 1e+06."""
-    if value == 0 or not math.isfinite(value):
-        return {math.inf: "+Inf", -math.inf: "-Inf"}.get(value, "NaN" if value != value else "0")
-    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    text = "".join(map(str, digits))
-    point = len(text) + exponent  # digits before the decimal point
-    lead = "-" if sign else ""
-    exp = point - 1
-    if exp < -4 or exp >= 6:
-        mantissa = text[0] + (f".{text[1:]}" if len(text) > 1 else "")
-        return f"{lead}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    if point <= 0:
-        return f"{lead}0.{'0' * -point}{text}"
-    if point >= len(text):
-        return f"{lead}{text}{'0' * (point - len(text))}"
-    return f"{lead}{text[:point]}.{text[point:]}"
 
 
 def _wrap(text: str, limit: int) -> list[str]:
