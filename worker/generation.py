@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm import load as load_model
-from mlx_lm.generate import generate_step
+from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import trim_prompt_cache
 
-from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved
+from worker import batched_qmv
+from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved, num_parallel
 from worker.constrained import Constraints
 from worker.prefix_cache import PrefixCache
 from worker.prompt import PromptBuilder
@@ -39,6 +41,10 @@ class Generator:
         loaded: tuple[Any, Any] = load_model(str(model_dir))  # type: ignore[assignment]
         self.model, self.tokenizer = loaded
         self.eos_ids = set(self.tokenizer.eos_token_ids)
+        # Batched decode routes few-row products by what ``batched_qmv.tune`` measured, on
+        # CUDA; the layers are swapped only while a batch runs, so a lone request pays no
+        # Python dispatch per layer.
+        self.batched_qmv = batched_qmv.enabled()
         self._warm_up()
         self.load_seconds = time.perf_counter() - started
         self.context_length = _context_length(self.model)
@@ -62,9 +68,30 @@ class Generator:
     def _warm_up(self) -> None:
         # One short generation compiles the kernels the first real request would otherwise
         # pay for (on a GPU the first decode after load runs at about half speed).
-        prompt = mx.array(self.tokenizer.encode("Hello")[:4] or [0])
-        for _ in generate_step(prompt, self.model, max_tokens=2):
+        prompt = self.tokenizer.encode("Hello")[:4] or [0]
+        for _ in generate_step(mx.array(prompt), self.model, max_tokens=2):
             pass
+        if mx.default_device() != mx.gpu:
+            return  # nothing is compiled per shape on the CPU
+        # A GPU compiles kernels per batch size too (seconds each on CUDA): pay for every
+        # size a batch can take now rather than during the first concurrent requests.
+        most = min(num_parallel(), batched_qmv.MAX_ROWS)
+        with self.batch_routing():
+            if self.batched_qmv:
+                batched_qmv.tune(self.model, most)
+            for size in range(2, most + 1):
+                batch = BatchGenerator(
+                    self.model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size
+                )
+                batch.insert([prompt] * size, max_tokens=[2] * size)
+                finished = 0
+                while finished < size:
+                    finished += sum(r.finish_reason is not None for r in batch.next_generated())
+                batch.close()
+
+    def batch_routing(self) -> AbstractContextManager[int]:
+        """While a batch runs: few-row products routed through ``batched_qmv`` (CUDA)."""
+        return batched_qmv.installed(self.model) if self.batched_qmv else nullcontext(0)
 
     def run(self, command: GenerateCommand, writer: EventWriter, cancelled: Callable[[], bool]) -> None:
         """Generate for one command by itself."""
@@ -81,7 +108,8 @@ class Generator:
             return
         moved = self.run_alone(seq, jobs)
         if moved is not None:
-            BatchRunner(self, writer, cancelled).run([moved], jobs)
+            with self.batch_routing():
+                BatchRunner(self, writer, cancelled).run([moved], jobs)
 
     def sequence(
         self, command: GenerateCommand, writer: EventWriter, cancelled: Cancelled

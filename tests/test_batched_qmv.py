@@ -1,0 +1,111 @@
+"""Routing of few-row quantized products (worker.batched_qmv).
+
+The CUDA kernel itself only runs on an NVIDIA GPU (``python -m bench.batch_step`` checks
+it against ``mx.quantized_matmul`` there); here the routing around it is checked on the
+CPU: which layers are swapped, which products leave MLX's path, and that the "flat" route
+gives MLX's own numbers for every shape a decode or prefill produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from worker import batched_qmv
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    yield
+    batched_qmv.STRATEGY = "auto"
+    batched_qmv._choice.clear()
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(256, 128)
+        self.proj = nn.Linear(128, 64, bias=True)
+        self.odd = nn.Linear(128, 62)  # 62 rows: not a multiple of the kernel's rows per warp
+        self.norm = nn.RMSNorm(128)
+
+
+def _quantized() -> Tiny:
+    model = Tiny()
+    nn.quantize(model, group_size=64, bits=4, class_predicate=lambda _, m: isinstance(m, nn.Linear | nn.Embedding))
+    model.set_dtype(mx.bfloat16)
+    return model
+
+
+def test_install_is_off_on_the_cpu_and_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _quantized()
+    assert not batched_qmv.enabled()
+    assert batched_qmv.install(model) == 0
+    assert type(model.proj) is nn.QuantizedLinear
+    monkeypatch.setenv("MLXD_BATCHED_QMV", "0")
+    assert not batched_qmv.enabled()
+
+
+def test_install_swaps_supported_layers_and_uninstall_restores() -> None:
+    model = _quantized()
+    assert batched_qmv.install(model, force=True) == 2  # proj and embed; odd stays
+    assert type(model.proj) is batched_qmv.BatchedQuantizedLinear
+    assert type(model.embed) is batched_qmv.BatchedQuantizedEmbedding
+    assert type(model.odd) is nn.QuantizedLinear
+    assert type(model.norm) is nn.RMSNorm
+    batched_qmv.uninstall(model)
+    assert type(model.proj) is nn.QuantizedLinear
+    assert type(model.embed) is nn.QuantizedEmbedding
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 128), (3, 1, 128), (8, 1, 128), (1, 5, 128), (2, 7, 128), (40, 1, 128)])
+def test_flat_route_matches_mlx(shape: tuple[int, ...]) -> None:
+    model = _quantized()
+    x = mx.random.normal(shape).astype(mx.bfloat16)
+    expected = (model.proj(x), model.embed.as_linear(x))
+    batched_qmv.install(model, force=True)
+    batched_qmv.STRATEGY = "flat"
+    got = (model.proj(x), model.embed.as_linear(x))
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        assert mx.array_equal(g, e).item()
+
+
+def test_only_few_row_half_precision_products_leave_mlx() -> None:
+    model = _quantized()
+    batched_qmv.install(model, force=True)
+    batched_qmv.STRATEGY = "flat"
+    assert batched_qmv._product(model.proj, mx.zeros((4, 1, 128), dtype=mx.bfloat16)) is not None
+    assert batched_qmv._product(model.proj, mx.zeros((1, 1, 128), dtype=mx.bfloat16)) is None  # one row
+    assert batched_qmv._product(model.proj, mx.zeros((17, 1, 128), dtype=mx.bfloat16)) is None  # > MAX_ROWS
+    assert batched_qmv._product(model.proj, mx.zeros((4, 1, 128), dtype=mx.float32)) is None
+
+
+def test_auto_routes_by_the_tuned_bucket() -> None:
+    model = _quantized()
+    batched_qmv.install(model, force=True)
+    x3 = mx.zeros((3, 1, 128), dtype=mx.bfloat16)
+    assert batched_qmv._product(model.proj, x3) is None  # untuned: MLX's own path
+    batched_qmv._choice[4] = "flat"  # 3 rows fall in the bucket of 4
+    assert batched_qmv._product(model.proj, x3) is not None
+    assert batched_qmv._product(model.proj, mx.zeros((8, 1, 128), dtype=mx.bfloat16)) is None
+
+
+def test_tune_measures_every_bucket_up_to_the_batch_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int]] = []
+    cost = {"stock": 1.0, "flat": 0.5, "kernel": 0.97}
+
+    def fake_time(model: nn.Module, rows: int, steps: int) -> float:
+        seen.append((batched_qmv.STRATEGY, rows))
+        return cost[batched_qmv.STRATEGY] * (1 if rows < 8 else 3)
+
+    monkeypatch.setattr(batched_qmv, "_time_step", fake_time)
+    choice = batched_qmv.tune(nn.Module(), max_rows=8)
+    assert choice == {2: "flat", 4: "flat", 8: "flat"}
+    assert {rows for _, rows in seen} == {2, 4, 8}
+    assert batched_qmv.STRATEGY == "auto"
+    cost["flat"] = 0.97  # within 5% of MLX's path: not worth leaving it
+    assert batched_qmv.tune(nn.Module(), max_rows=2) == {2: "stock", 4: "flat", 8: "flat"}

@@ -1,0 +1,290 @@
+"""A quantized matrix × few-vectors kernel for batched decode on CUDA.
+
+A decode step of a batch of B sequences multiplies every weight matrix by B vectors. MLX's
+CUDA backend (0.32) runs that product as B matrix-vector products, dequantizing each
+weight B times, so a step of 8 sequences on a 7B model costs ~5× a step of one (measured
+with ``python -m bench.batch_step``), where the weights' memory traffic should make them
+cost about the same. This kernel dequantizes each packed weight word once and applies it
+to all B vectors: one warp per ``ROWS`` output rows, lanes striding over the packed words
+(coalesced loads), ``B × ROWS`` float accumulators per lane, a warp reduction at the end.
+
+Only used on CUDA, for affine 2/4/8-bit weights, with 2 ≤ B ≤ ``MAX_ROWS``; everything
+else (one sequence, prefill, Metal, CPU) stays on ``mx.quantized_matmul``.
+``MLXD_BATCHED_QMV=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+MAX_ROWS = 16  # the largest batch the kernel is compiled for
+ROWS = 4  # output rows per warp: each x load serves ROWS weight rows
+WARPS = 8  # per thread block
+
+_SOURCE = """
+    constexpr int VPW = 32 / BITS;  // values per packed 32-bit word
+    constexpr uint32_t MASK = (1u << BITS) - 1u;
+    struct alignas(VPW * sizeof(T) > 16 ? 16 : VPW * sizeof(T)) XVec {
+        T v[VPW];
+    };
+    const int K = x_shape[1];
+    const int N = w_shape[0];
+    const int words = K / VPW;
+    const int groups = K / GROUP;
+    const int lane = threadIdx.x & 31;
+    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
+    if (n0 >= N) {
+        return;
+    }
+    float acc[BM][R];
+#pragma unroll
+    for (int m = 0; m < BM; ++m) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            acc[m][r] = 0.0f;
+        }
+    }
+    for (int kw = lane; kw < words; kw += 32) {
+        const int k = kw * VPW;
+        const int g = k / GROUP;
+        float wv[R][VPW];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const size_t row = (size_t)(n0 + r);
+            const uint32_t packed = w[row * words + kw];
+            const float s = static_cast<float>(scales[row * groups + g]);
+            const float b = static_cast<float>(biases[row * groups + g]);
+#pragma unroll
+            for (int i = 0; i < VPW; ++i) {
+                wv[r][i] = s * static_cast<float>((packed >> (i * BITS)) & MASK) + b;
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < BM; ++m) {
+            // One vector load of the VPW activations this word multiplies.
+            const XVec xr = *reinterpret_cast<const XVec*>(x + (size_t)m * K + k);
+            float xv[VPW];
+#pragma unroll
+            for (int i = 0; i < VPW; ++i) {
+                xv[i] = static_cast<float>(xr.v[i]);
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int i = 0; i < VPW; ++i) {
+                    dot = fmaf(wv[r][i], xv[i], dot);
+                }
+                acc[m][r] += dot;
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < BM; ++m) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float v = acc[m][r];
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) {
+                v += __shfl_xor_sync(0xffffffffu, v, off);
+            }
+            if (lane == ((m * R + r) & 31)) {
+                out[(size_t)m * N + n0 + r] = static_cast<T>(v);
+            }
+        }
+    }
+"""
+
+_compiled: Any = None
+
+
+def _get_kernel() -> Any:
+    global _compiled
+    if _compiled is None:
+        _compiled = mx.fast.cuda_kernel(
+            name="mlxd_batched_qmv",
+            input_names=["x", "w", "scales", "biases"],
+            output_names=["out"],
+            source=_SOURCE,
+        )
+    return _compiled
+
+
+def batched_qmv(
+    x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bits: int, group_size: int
+) -> mx.array:
+    """``x @ dequantize(w).T`` for ``x`` of shape (M, K), 1 ≤ M ≤ MAX_ROWS (CUDA only)."""
+    m, _ = x.shape
+    n = w.shape[0]
+    (out,) = _get_kernel()(
+        inputs=[x, w, scales, biases],
+        template=[("T", x.dtype), ("BITS", bits), ("GROUP", group_size), ("BM", m), ("R", ROWS)],
+        grid=((n + ROWS - 1) // ROWS * 32, 1, 1),
+        threadgroup=(WARPS * 32, 1, 1),
+        output_shapes=[(m, n)],
+        output_dtypes=[x.dtype],
+    )
+    return out
+
+
+Quantized = nn.QuantizedLinear | nn.QuantizedEmbedding
+
+
+def supported(layer: Quantized) -> bool:
+    """Layers the kernel handles: affine 2/4/8-bit, ``ROWS`` | N, whole words per group."""
+    if getattr(layer, "mode", "affine") != "affine" or layer.bits not in (2, 4, 8):
+        return False
+    if "biases" not in layer or layer["weight"].ndim != 2:
+        return False
+    n = layer["weight"].shape[0]
+    return n % ROWS == 0 and layer.group_size % (32 // layer.bits) == 0
+
+
+# How few-row products run: "stock" (MLX unchanged: a (B, 1, K) input runs as B
+# matrix-vector products), "flat" (MLX's matmul on the rows flattened to 2-D, which lets it
+# pick its tensor-core kernel from 8 rows), "kernel" (``batched_qmv``), or "auto": what
+# ``tune`` measured fastest for the batch's bucket. Benchmarks switch it.
+STRATEGY = "auto"
+BUCKETS = (2, 4, 8, 16)
+_choice: dict[int, str] = {}  # bucket → "stock" | "flat" | "kernel"
+
+
+def _stock(layer: Quantized, x: mx.array) -> mx.array:
+    return mx.quantized_matmul(
+        x,
+        layer["weight"],
+        scales=layer["scales"],
+        biases=layer["biases"],
+        transpose=True,
+        group_size=layer.group_size,
+        bits=layer.bits,
+    )
+
+
+def _kernel(layer: Quantized, x: mx.array) -> mx.array:
+    return batched_qmv(x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size)
+
+
+def _bucket(rows: int) -> int:
+    return next(b for b in BUCKETS if b >= rows)
+
+
+def _product(layer: Quantized, x: mx.array) -> mx.array | None:
+    """The layer's product for a few rows, or None where the stock path is the one."""
+    k = x.shape[-1]
+    rows = x.size // k
+    if not 2 <= rows <= MAX_ROWS or x.dtype not in (mx.bfloat16, mx.float16):
+        return None
+    route = STRATEGY if STRATEGY != "auto" else _choice.get(_bucket(rows), "stock")
+    if route == "stock":
+        return None
+    flat = x.reshape(rows, k)
+    y = _kernel(layer, flat) if route == "kernel" else _stock(layer, flat)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class BatchedQuantizedLinear(nn.QuantizedLinear):
+    """A ``QuantizedLinear`` that sends few-row products to ``batched_qmv``."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = _product(self, x)
+        if y is None:
+            return super().__call__(x)
+        if "bias" in self:
+            y = y + self["bias"]
+        return y
+
+
+class BatchedQuantizedEmbedding(nn.QuantizedEmbedding):
+    """A tied ``QuantizedEmbedding`` whose output projection goes to ``batched_qmv``."""
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        y = _product(self, x)
+        return super().as_linear(x) if y is None else y
+
+
+_SWAPS: dict[type, type] = {
+    nn.QuantizedLinear: BatchedQuantizedLinear,
+    nn.QuantizedEmbedding: BatchedQuantizedEmbedding,
+}
+
+
+def enabled() -> bool:
+    """On CUDA unless ``MLXD_BATCHED_QMV=0``."""
+    if os.environ.get("MLXD_BATCHED_QMV", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return bool(mx.cuda.is_available()) and mx.default_device() == mx.gpu
+
+
+def install(model: nn.Module, force: bool = False) -> int:
+    """Route the model's supported quantized layers through the kernel; the count swapped.
+
+    ``force`` skips the device check (for tests of the routing on any device)."""
+    if not (force or enabled()):
+        return 0
+    swapped = 0
+    for _, module in model.named_modules():
+        swap = _SWAPS.get(type(module))
+        if swap is not None and supported(module):
+            module.__class__ = swap
+            swapped += 1
+    return swapped
+
+
+@contextmanager
+def installed(model: nn.Module) -> Iterator[int]:
+    """``install`` for the duration of a block (a batch), then ``uninstall``."""
+    try:
+        yield install(model, force=True)
+    finally:
+        uninstall(model)
+
+
+def uninstall(model: nn.Module) -> None:
+    """Undo ``install`` (benchmarks compare both in one process)."""
+    back = {v: k for k, v in _SWAPS.items()}
+    for _, module in model.named_modules():
+        if type(module) in back:
+            module.__class__ = back[type(module)]
+
+
+def tune(model: nn.Module, max_rows: int, steps: int = 8) -> dict[int, str]:
+    """Time a decode step of the whole model at each batch bucket up to ``max_rows`` with
+    each routing, and route every later batch of that bucket by the fastest (MLX's own path
+    unless another beats it by 5%: the products are shape- and card-dependent, a step is
+    what counts). Compiles each bucket's kernels on the way."""
+    global STRATEGY
+    for bucket in [b for b in BUCKETS if b <= max(max_rows, 2)]:
+        timings: dict[str, float] = {}
+        for route in ("stock", "flat", "kernel"):
+            STRATEGY = route
+            try:
+                timings[route] = _time_step(model, bucket, steps)
+            finally:
+                STRATEGY = "auto"
+        best = min(timings, key=lambda route: timings[route])
+        _choice[bucket] = best if timings[best] < 0.95 * timings["stock"] else "stock"
+    return dict(_choice)
+
+
+def _time_step(model: nn.Module, rows: int, steps: int) -> float:
+    """Seconds per decode step of ``rows`` sequences (best of ``steps``), after a warm-up."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    tokens = mx.zeros((rows, 1), dtype=mx.int32)
+    mx.eval(model(mx.zeros((rows, 4), dtype=mx.int32), cache=cache))
+    best = float("inf")
+    for step in range(steps + 2):
+        tic = time.perf_counter()
+        mx.eval(model(tokens, cache=cache))
+        if step >= 2:
+            best = min(best, time.perf_counter() - tic)
+    return best
