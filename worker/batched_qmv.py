@@ -24,7 +24,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-MAX_ROWS = 16  # the largest batch the kernel is compiled for
+BUCKETS = (2, 4, 8, 16)  # row counts the kernel is compiled for (a batch of 3 runs as 4's)
+MAX_ROWS = BUCKETS[-1]
 ROWS = 4  # output rows per warp: each x load serves ROWS weight rows
 WARPS = 8  # per thread block
 
@@ -34,6 +35,7 @@ _SOURCE = """
     struct alignas(VPW * sizeof(T) > 16 ? 16 : VPW * sizeof(T)) XVec {
         T v[VPW];
     };
+    const int M = x_shape[0];  // rows present: at most BM, the bucket compiled for
     const int K = x_shape[1];
     const int N = w_shape[0];
     const int words = K / VPW;
@@ -68,6 +70,9 @@ _SOURCE = """
         }
 #pragma unroll
         for (int m = 0; m < BM; ++m) {
+            if (m >= M) {
+                break;
+            }
             // One vector load of the VPW activations this word multiplies.
             const XVec xr = *reinterpret_cast<const XVec*>(x + (size_t)m * K + k);
             float xv[VPW];
@@ -88,6 +93,9 @@ _SOURCE = """
     }
 #pragma unroll
     for (int m = 0; m < BM; ++m) {
+        if (m >= M) {
+            break;
+        }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float v = acc[m][r];
@@ -125,7 +133,8 @@ def batched_qmv(
     n = w.shape[0]
     (out,) = _get_kernel()(
         inputs=[x, w, scales, biases],
-        template=[("T", x.dtype), ("BITS", bits), ("GROUP", group_size), ("BM", m), ("R", ROWS)],
+        # One compiled kernel per bucket of rows (not per row count): compiling costs seconds.
+        template=[("T", x.dtype), ("BITS", bits), ("GROUP", group_size), ("BM", _bucket(m)), ("R", ROWS)],
         grid=((n + ROWS - 1) // ROWS * 32, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),
         output_shapes=[(m, n)],
@@ -152,7 +161,6 @@ def supported(layer: Quantized) -> bool:
 # pick its tensor-core kernel from 8 rows), "kernel" (``batched_qmv``), or "auto": what
 # ``tune`` measured fastest for the batch's bucket. Benchmarks switch it.
 STRATEGY = "auto"
-BUCKETS = (2, 4, 8, 16)
 _choice: dict[int, str] = {}  # bucket → "stock" | "flat" | "kernel"
 
 
@@ -255,7 +263,7 @@ def uninstall(model: nn.Module) -> None:
             module.__class__ = back[type(module)]
 
 
-def tune(model: nn.Module, max_rows: int, steps: int = 8) -> dict[int, str]:
+def tune(model: nn.Module, max_rows: int, steps: int = 5) -> dict[int, str]:
     """Time a decode step of the whole model at each batch bucket up to ``max_rows`` with
     each routing, and route every later batch of that bucket by the fastest (MLX's own path
     unless another beats it by 5%: the products are shape- and card-dependent, a step is

@@ -73,13 +73,13 @@ class Generator:
             pass
         if mx.default_device() != mx.gpu:
             return  # nothing is compiled per shape on the CPU
-        # A GPU compiles kernels per batch size too (seconds each on CUDA): pay for every
-        # size a batch can take now rather than during the first concurrent requests.
+        # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
+        # pay for the common sizes now rather than during the first concurrent requests.
         most = min(num_parallel(), batched_qmv.MAX_ROWS)
         with self.batch_routing():
             if self.batched_qmv:
                 batched_qmv.tune(self.model, most)
-            for size in range(2, most + 1):
+            for size in sorted({b for b in batched_qmv.BUCKETS if b <= most} | {most} - {1}):
                 batch = BatchGenerator(
                     self.model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size
                 )
@@ -88,6 +88,7 @@ class Generator:
                 while finished < size:
                     finished += sum(r.finish_reason is not None for r in batch.next_generated())
                 batch.close()
+        mx.clear_cache()  # the warm-up's buffers are not the ones requests will need
 
     def batch_routing(self) -> AbstractContextManager[int]:
         """While a batch runs: few-row products routed through ``batched_qmv`` (CUDA)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import mlx.core as mx
@@ -65,6 +65,16 @@ def apply_typical_p(logprobs: mx.array, typical_p: float) -> mx.array:
     return mx.where(keep, logprobs, -float("inf"))
 
 
+GREEDY: Sampler = make_sampler(temp=0.0)
+
+
+@lru_cache(maxsize=64)
+def _shared_sampler(temperature: float, top_p: float, min_p: float, top_k: int) -> Sampler:
+    # Requests with the same settings share one sampler object: a batch whose requests all
+    # share one samples every row in one call instead of one call per row.
+    return make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+
+
 def build_sampler(options: SamplingOptions, vocab_size: int) -> Sampler:
     """The sampler for one request. ``temperature`` ≤ 0 is greedy (argmax)."""
     temperature = _get(options, "temperature")
@@ -75,9 +85,9 @@ def build_sampler(options: SamplingOptions, vocab_size: int) -> Sampler:
     min_p = min(max(_get(options, "min_p"), 0.0), 1.0)
     typical_p = _get(options, "typical_p")
     if temperature <= 0:
-        return make_sampler(temp=0.0)
+        return GREEDY
     if not 0.0 < typical_p < 1.0:
-        return make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+        return _shared_sampler(temperature, top_p, min_p, top_k)
     stages: list[Sampler] = []
     if top_k:
         stages.append(partial(apply_top_k, top_k=top_k))

@@ -67,7 +67,7 @@ class Sequence:
         self.max_tokens, self.rotating = _budget(generator, command, len(self.tokens), num_ctx)
         self.sampler = sampling.build_sampler(options, generator.vocab_size)
         seed = int(options.get("seed", -1))
-        if seed >= 0:
+        if seed >= 0 and self.sampler is not sampling.GREEDY:  # greedy draws nothing
             self.sampler = _seeded(self.sampler, seed)
         else:
             sampling.seed_random(options)  # fresh entropy: no earlier seed carries over
