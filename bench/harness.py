@@ -86,6 +86,9 @@ def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        for line in (home / "daemon.log").read_text(errors="replace").splitlines():
+            if "batched decode" in line:  # the worker's routing choice: part of the result
+                print(line, file=sys.stderr)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -263,7 +263,7 @@ def uninstall(model: nn.Module) -> None:
             module.__class__ = back[type(module)]
 
 
-def tune(model: nn.Module, max_rows: int, steps: int = 5) -> dict[int, str]:
+def tune(model: nn.Module, max_rows: int, steps: int = 12) -> dict[int, str]:
     """Time a decode step of the whole model at each batch bucket up to ``max_rows`` with
     each routing, and route every later batch of that bucket by the fastest (MLX's own path
     unless another beats it by 5%: the products are shape- and card-dependent, a step is
@@ -283,16 +283,23 @@ def tune(model: nn.Module, max_rows: int, steps: int = 5) -> dict[int, str]:
 
 
 def _time_step(model: nn.Module, rows: int, steps: int) -> float:
-    """Seconds per decode step of ``rows`` sequences (best of ``steps``), after a warm-up."""
+    """Seconds per decode step of ``rows`` sequences: steps chained and evaluated ahead as
+    generation runs them (a per-step sync would time launch latency, not the step), best
+    of two runs, after a warm-up that compiles what the shape needs."""
     from mlx_lm.models.cache import make_prompt_cache
 
     cache = make_prompt_cache(model)
-    tokens = mx.zeros((rows, 1), dtype=mx.int32)
     mx.eval(model(mx.zeros((rows, 4), dtype=mx.int32), cache=cache))
-    best = float("inf")
-    for step in range(steps + 2):
+    tokens = mx.zeros((rows, 1), dtype=mx.int32)
+
+    def run(n: int) -> float:
+        nonlocal tokens
         tic = time.perf_counter()
-        mx.eval(model(tokens, cache=cache))
-        if step >= 2:
-            best = min(best, time.perf_counter() - tic)
-    return best
+        for _ in range(n):
+            tokens = mx.argmax(model(tokens, cache=cache)[:, -1:, :], axis=-1)
+            mx.async_eval(tokens)
+        mx.eval(tokens)
+        return (time.perf_counter() - tic) / n
+
+    run(2)
+    return min(run(steps), run(steps))

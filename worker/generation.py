@@ -10,6 +10,7 @@ of a finished request is kept for the next one that shares its prefix
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -31,6 +32,8 @@ from worker.prompt import PromptBuilder
 from worker.protocol import GenerateCommand, ModelInfo
 from worker.sequence import DEFAULT_NUM_CTX, Sequence, SequenceError, fail
 from worker.transport import EventWriter
+
+log = logging.getLogger("mlxd.worker")
 
 
 class Generator:
@@ -78,7 +81,13 @@ class Generator:
         most = min(num_parallel(), batched_qmv.MAX_ROWS)
         with self.batch_routing():
             if self.batched_qmv:
-                batched_qmv.tune(self.model, most)
+                started = time.perf_counter()
+                routes = batched_qmv.tune(self.model, most)
+                log.info(
+                    "batched decode routes by batch size: %s (measured in %.1fs)",
+                    routes,
+                    time.perf_counter() - started,
+                )
             for size in sorted({b for b in batched_qmv.BUCKETS if b <= most} | {most} - {1}):
                 batch = BatchGenerator(
                     self.model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size
