@@ -9,6 +9,8 @@ gives MLX's own numbers for every shape a decode or prefill produces.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -27,15 +29,18 @@ def _reset() -> Iterator[None]:
 class Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.embed = nn.Embedding(256, 128)
-        self.proj = nn.Linear(128, 64, bias=True)
-        self.odd = nn.Linear(128, 62)  # 62 rows: not a multiple of the kernel's rows per warp
+        # Any: nn.quantize swaps these for their quantized classes in place.
+        self.embed: Any = nn.Embedding(256, 128)
+        self.proj: Any = nn.Linear(128, 64, bias=True)
+        self.odd: Any = nn.Linear(128, 62)  # 62 rows: not a multiple of the kernel's rows per warp
         self.norm = nn.RMSNorm(128)
 
 
 def _quantized() -> Tiny:
     model = Tiny()
-    nn.quantize(model, group_size=64, bits=4, class_predicate=lambda _, m: isinstance(m, nn.Linear | nn.Embedding))
+    nn.quantize(
+        model, group_size=64, bits=4, class_predicate=lambda _, m: isinstance(m, nn.Linear | nn.Embedding)
+    )
     model.set_dtype(mx.bfloat16)
     return model
 
@@ -61,7 +66,9 @@ def test_install_swaps_supported_layers_and_uninstall_restores() -> None:
     assert type(model.embed) is nn.QuantizedEmbedding
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 128), (3, 1, 128), (8, 1, 128), (1, 5, 128), (2, 7, 128), (40, 1, 128)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 128), (3, 1, 128), (8, 1, 128), (1, 5, 128), (2, 7, 128), (40, 1, 128)]
+)
 def test_flat_route_matches_mlx(shape: tuple[int, ...]) -> None:
     model = _quantized()
     x = mx.random.normal(shape).astype(mx.bfloat16)
@@ -109,3 +116,27 @@ def test_tune_measures_every_bucket_up_to_the_batch_limit(monkeypatch: pytest.Mo
     assert batched_qmv.STRATEGY == "auto"
     cost["flat"] = 0.97  # within 5% of MLX's path: not worth leaving it
     assert batched_qmv.tune(nn.Module(), max_rows=2) == {2: "stock", 4: "flat", 8: "flat"}
+
+
+def test_a_gpu_load_warms_every_batch_bucket_up_to_the_limit(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the worker runs a short batch of each bucket size (and the limit itself) at
+    load, so the first concurrent requests find their kernels compiled; the CPU skips it."""
+    from worker import generation
+
+    sizes: list[int] = []
+
+    class SpyBatch(generation.BatchGenerator):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            sizes.append(kwargs["completion_batch_size"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "BatchGenerator", SpyBatch)
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "5")
+    generation.Generator(tiny_model_dir)
+    assert sizes == []  # CPU: nothing to compile per shape
+    gen = generation.Generator(tiny_model_dir)
+    monkeypatch.setattr(generation.mx, "default_device", lambda: generation.mx.gpu)
+    gen._warm_up()
+    assert sizes == [2, 4, 5]
