@@ -178,3 +178,29 @@ def test_format_survives_the_move_into_a_batch(generator: Any) -> None:
     serve(generator, [first, second], rec)
     for cmd in (warm, first, second):
         assert orjson.loads(rec.text(cmd["id"]))["sky"] in ("clear", "cloudy")
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from registry.tiny_model import write_tiny_model
+    from worker.generation import Generator
+
+    path = tmp_path_factory.mktemp("models") / "agent"
+    write_tiny_model(path, flavour="agent")
+    yield Generator(path)
+
+
+def test_format_after_thinking_survives_the_move_into_a_batch(agent: Any) -> None:
+    """A thinking request with ``format`` that moves into a batch right after opening its
+    reasoning block keeps thinking freely and then answers under the schema."""
+    from registry.tiny_model import AGENT_THOUGHT
+
+    schema = {"type": "object", "properties": {"sky": {"enum": ["clear"]}}, "required": ["sky"]}
+    options = {"temperature": 0, "num_predict": 40}
+    first, second = ({**command("Weather?"), "format": schema, "options": options} for _ in range(2))
+    rec = Recorder()
+    serve(agent, [first, second], rec)
+    for cmd in (first, second):
+        thoughts = "".join(e["s"] for e in rec.by_id[cmd["id"]] if e["t"] == "h")
+        assert thoughts == AGENT_THOUGHT
+        assert orjson.loads(rec.text(cmd["id"])) == {"sky": "clear"}

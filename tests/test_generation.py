@@ -230,3 +230,31 @@ def test_agent_thinks_answers_and_calls_a_tool(agent: Any) -> None:
     # no tools: the call markup is plain content
     events = run(agent, options={"temperature": 0, "num_predict": 20})
     assert events.text.startswith(AGENT_ANSWER + "<tool_call>") and not events.of("c")
+
+
+SKY = {
+    "type": "object",
+    "properties": {"sky": {"enum": ["clear", "cloudy"]}},
+    "required": ["sky"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_format_applies_after_thinking(agent: Any, temperature: float) -> None:
+    """As Ollama runs a thinking model with ``format``: the reasoning block first, free, then
+    the answer under the schema (the scripted agent model opens the block with its first
+    token, so a schema from the first token would have suppressed it)."""
+    options = {"temperature": temperature, "seed": 3, "num_predict": 40}
+    events = run(agent, format=SKY, options=options)
+    assert events.thinking == AGENT_THOUGHT
+    assert orjson.loads(events.text)["sky"] in ("clear", "cloudy")
+    assert events.stats["done_reason"] == "stop"
+    # think off: the template closes the block, the schema applies from the first token
+    events = run(agent, format=SKY, think=False, options=options)
+    assert events.thinking == ""
+    assert orjson.loads(events.text)["sky"] in ("clear", "cloudy")
+    # raw: no template and no reasoning parser, so the schema applies from the first token
+    prompt = "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"
+    events = run(agent, raw=True, prompt=prompt, messages=[], format=SKY, options=options)
+    assert orjson.loads(events.text)["sky"] in ("clear", "cloudy")

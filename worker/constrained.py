@@ -29,6 +29,7 @@ fill the budget with newlines.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -74,8 +75,9 @@ class Constraints:
                 )
             return self._ll_tokenizer
 
-    def processor(self, fmt: Any) -> JsonConstraint:
-        """A fresh logits processor for one request; raise :class:`FormatError`."""
+    def processor(self, fmt: Any, thinking: ThinkingGate | None = None) -> JsonConstraint:
+        """A fresh logits processor for one request; raise :class:`FormatError`. With a
+        ``thinking`` gate the schema applies once the model's reasoning block has ended."""
         import llguidance
 
         schema = schema_for(fmt)
@@ -86,37 +88,88 @@ class Constraints:
         problem = llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer())
         if problem:
             raise FormatError(f"invalid JSON schema in format: {problem}")
-        return JsonConstraint(llguidance.LLMatcher(self.ll_tokenizer(), grammar), self.vocab_size)
+        matcher = llguidance.LLMatcher(self.ll_tokenizer(), grammar)
+        return JsonConstraint(matcher, self.vocab_size, thinking)
+
+
+@dataclass(frozen=True)
+class ThinkingGate:
+    """A request to a reasoning model with thinking on: its output may start with a reasoning
+    block (``start`` … ``end`` token ids), or the prompt already opened one (``opened``)."""
+
+    start: tuple[int, ...]
+    end: tuple[int, ...]
+    opened: bool = False
 
 
 class JsonConstraint:
     """An mlx-lm logits processor: ``(tokens, logits) -> logits`` with the disallowed tokens at
     ``-inf``. mlx-lm calls it once per step, in order; from the second call on, the last of
-    ``tokens`` is the token sampled since the previous call."""
+    ``tokens`` is the token sampled since the previous call.
 
-    def __init__(self, matcher: Any, vocab_size: int) -> None:
+    With a :class:`ThinkingGate` the schema applies after the reasoning block, as Ollama runs
+    it (thinking first, then the constrained answer): the first token may be the block's
+    opening tag as well as the start of the JSON; inside the block nothing is constrained;
+    the JSON starts right after the closing tag."""
+
+    def __init__(self, matcher: Any, vocab_size: int, thinking: ThinkingGate | None = None) -> None:
         self.matcher = matcher
         self.vocab_size = vocab_size
         self.words = (vocab_size + 31) // 32
         self._mask = np.zeros((1, self.words), dtype=np.int32)
-        self._started = False
+        self._calls = 0
+        self._replay = False
+        self._gate = thinking
+        self._recent: list[int] = []  # the last tokens of the reasoning block, to spot its end
+        # "json": the grammar applies; "maybe": the first token may open a reasoning block;
+        # "thinking": unconstrained until the block's end tag.
+        self._state = "json"
+        if thinking is not None and thinking.end:
+            if thinking.opened:
+                self._state = "thinking"
+            elif len(thinking.start) == 1:
+                self._state = "maybe"
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        if self._started:
-            self.matcher.consume_token(int(tokens[-1].item()))  # type: ignore[arg-type]
-        self._started = True
-        allowed = self.allowed()
-        return mx.where(allowed, logits, mx.array(-float("inf"), logits.dtype))
+        advance = self._calls > 0 and not self._replay  # a new token since the last call
+        self._calls += 1
+        self._replay = False
+        last = int(tokens[-1].item()) if advance else None  # type: ignore[arg-type]
+        if self._state == "maybe":
+            assert self._gate is not None
+            if last is None:
+                return self._masked(logits, extra=self._gate.start[0])
+            if last == self._gate.start[0]:
+                self._state = "thinking"
+                return logits
+            self._state = "json"
+        elif self._state == "thinking":
+            assert self._gate is not None
+            if last is not None:
+                self._recent = [*self._recent, last][-len(self._gate.end) :]
+                if tuple(self._recent) == self._gate.end:
+                    self._state = "json"
+                    return self._masked(logits)  # the JSON starts with the next token
+            return logits
+        if last is not None:
+            self.matcher.consume_token(last)
+        return self._masked(logits)
 
     def replay_next(self) -> None:
         """The next call repeats a step whose token this processor already consumed (a
         request moving from ``generate_step``, which runs one step ahead, into a batch)."""
-        self._started = False
+        self._replay = True
 
-    def allowed(self) -> mx.array:
-        """The current mask as booleans over the logits' vocabulary."""
+    def _masked(self, logits: mx.array, extra: int | None = None) -> mx.array:
+        allowed = self.allowed(extra)
+        return mx.where(allowed, logits, mx.array(-float("inf"), logits.dtype))
+
+    def allowed(self, extra: int | None = None) -> mx.array:
+        """The current mask as booleans over the logits' vocabulary (plus ``extra``)."""
         fill_next_token_bitmask(self.matcher, self._mask, 0)
         bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.vocab_size]
+        if extra is not None and 0 <= extra < self.vocab_size:
+            bits[extra] = 1
         return mx.array(bits.astype(np.bool_))
 
     @property

@@ -17,7 +17,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import RotatingKVCache
 
 from worker import protocol, sampling
-from worker.constrained import FormatError
+from worker.constrained import FormatError, ThinkingGate
 from worker.output import OutputRouter, Piece
 from worker.prompt import Prompt, PromptError
 from worker.protocol import DoneStats, GenerateCommand
@@ -56,7 +56,8 @@ class Sequence:
         try:
             prompt = generator.prompts.build(command, num_ctx)
             fmt = command.get("format")
-            constraint = generator.constraints.processor(fmt) if fmt else None
+            gate = _thinking_gate(generator, command, prompt)
+            constraint = generator.constraints.processor(fmt, gate) if fmt else None
         except PromptError as exc:
             raise SequenceError(exc.message, exc.status) from None
         except FormatError as exc:
@@ -176,6 +177,16 @@ def _budget(generator: Generator, command: GenerateCommand, prompt_len: int, num
         return min(wanted, room), None
     keep = min(max(int(options.get("num_keep", 4)), 0), num_ctx - 1)
     return wanted, [RotatingKVCache(max_size=num_ctx, keep=keep) for _ in model.layers]
+
+
+def _thinking_gate(generator: Generator, command: GenerateCommand, prompt: Prompt) -> ThinkingGate | None:
+    """Where ``format`` must wait for the reasoning block to end (Ollama constrains only the
+    answer of a thinking model): thinking on, or a prompt that ends inside the block."""
+    tok = generator.tokenizer
+    if not tok.has_thinking or command.get("raw") or not (prompt.thinking or prompt.opened_thinking):
+        return None
+    start, end = tuple(tok.think_start_tokens or ()), tuple(tok.think_end_tokens or ())
+    return ThinkingGate(start, end, prompt.opened_thinking) if end else None
 
 
 def _router(generator: Generator, command: GenerateCommand, prompt: Prompt) -> OutputRouter:
