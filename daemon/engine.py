@@ -45,6 +45,8 @@ class GenerationRequest:
     think: bool | str | None = None  # None: the model's default
     truncate: bool = True  # drop the oldest messages when the prompt exceeds num_ctx
     shift: bool = True  # shift the context when the generation reaches num_ctx
+    logprobs: bool = False  # return each generated token's log-probability
+    top_logprobs: int = 0  # with logprobs: the n most likely tokens at each step too
     # How long the model stays loaded once idle (seconds; math.inf = forever, 0 = unload as
     # soon as the request is done); None keeps the model's current setting.
     keep_alive: float | None = None
@@ -79,7 +81,15 @@ class Finished:
     context: list[int] | None = None
 
 
-GenerationEvent = TextChunk | ThinkingChunk | ToolCallsChunk | Finished
+@dataclass(frozen=True)
+class LogprobsChunk:
+    """Log-probabilities of generated tokens (Ollama's ``logprobs`` entries), sent before
+    the chunk that carries their text."""
+
+    entries: list[dict[str, Any]]
+
+
+GenerationEvent = TextChunk | ThinkingChunk | ToolCallsChunk | LogprobsChunk | Finished
 
 
 class EngineError(Exception):

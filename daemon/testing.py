@@ -34,6 +34,7 @@ from daemon.engine import (
     GenerationEvent,
     GenerationRequest,
     LoadedModel,
+    LogprobsChunk,
     ModelHandle,
     TextChunk,
     ThinkingChunk,
@@ -50,7 +51,7 @@ class Delay:
     seconds: float
 
 
-Step = TextChunk | ThinkingChunk | ToolCallsChunk | Finished | EngineError | Delay
+Step = TextChunk | ThinkingChunk | ToolCallsChunk | LogprobsChunk | Finished | EngineError | Delay
 Script = Sequence[Step] | Callable[[ModelHandle, GenerationRequest], Sequence[Step]]
 
 

@@ -29,6 +29,7 @@ from daemon.engine import (
     Finished,
     GenerationEvent,
     GenerationRequest,
+    LogprobsChunk,
     ModelHandle,
     TextChunk,
     ThinkingChunk,
@@ -268,6 +269,8 @@ class WorkerProcess:
                     yield ThinkingChunk(event["s"])
                 elif tag == protocol.TOOL_CALLS:
                     yield ToolCallsChunk(event["calls"])
+                elif tag == protocol.LOGPROBS:
+                    yield LogprobsChunk(event["lp"])
                 elif tag == protocol.DONE:
                     finished = True
                     yield _finished(event["stats"])
@@ -372,6 +375,10 @@ def _extras(request: GenerationRequest) -> GenerateCommand:
         extras["truncate"] = False
     if not request.shift:
         extras["shift"] = False
+    if request.logprobs:
+        extras["logprobs"] = True
+        if request.top_logprobs:
+            extras["top_logprobs"] = request.top_logprobs
     return extras
 
 

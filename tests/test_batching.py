@@ -204,3 +204,29 @@ def test_format_after_thinking_survives_the_move_into_a_batch(agent: Any) -> Non
         thoughts = "".join(e["s"] for e in rec.by_id[cmd["id"]] if e["t"] == "h")
         assert thoughts == AGENT_THOUGHT
         assert orjson.loads(rec.text(cmd["id"])) == {"sky": "clear"}
+
+
+def test_logprobs_in_a_batch_equal_those_alone(generator: Any) -> None:
+    commands = [{**command(p, num_predict=6), "logprobs": True, "top_logprobs": 2} for p in PROMPTS[:3]]
+
+    def entries(rec: Recorder, request_id: int) -> list[dict[str, Any]]:
+        return [e for event in rec.by_id[request_id] if event["t"] == "l" for e in event["lp"]]
+
+    alone_entries = []
+    for cmd in commands:
+        rec = Recorder()
+        generator.prefix_cache.enabled = False
+        try:
+            generator.run({**cmd, "id": 1}, rec, lambda: False)
+        finally:
+            generator.prefix_cache.enabled = True
+        alone_entries.append(entries(rec, 1))
+    rec = Recorder()
+    serve(generator, commands, rec)
+    for cmd, expected in zip(commands, alone_entries, strict=True):
+        got = entries(rec, cmd["id"])
+        assert len(got) == rec.stats(cmd["id"])["eval_count"] == len(expected)
+        assert [e["token"] for e in got] == [e["token"] for e in expected]
+        for g, e in zip(got, expected, strict=True):
+            assert g["logprob"] == pytest.approx(e["logprob"], abs=1e-4)
+            assert [t["token"] for t in g["top_logprobs"]] == [t["token"] for t in e["top_logprobs"]]

@@ -124,6 +124,29 @@ def test_completions(client: openai.OpenAI) -> None:
     assert parts[-1].choices[0].finish_reason == choice.finish_reason
 
 
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(
+        model=TINY, messages=[USER], max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    [choice] = whole.choices
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert whole.usage is not None and len(choice.logprobs.content) == whole.usage.completion_tokens
+    for entry in choice.logprobs.content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 2
+    parts = list(
+        client.chat.completions.create(
+            model=TINY, messages=[USER], max_tokens=6, temperature=0, logprobs=True, stream=True
+        )
+    )
+    streamed = [
+        e.token
+        for p in parts
+        if p.choices and p.choices[0].logprobs
+        for e in p.choices[0].logprobs.content or []
+    ]
+    assert streamed == [e.token for e in choice.logprobs.content]
+
+
 def test_models(client: openai.OpenAI) -> None:
     models = {model.id: model for model in client.models.list()}
     assert {"tiny:latest", "agent:latest"} <= set(models)

@@ -122,3 +122,25 @@ def test_load_and_unload_idioms(client: ollama.Client) -> None:
     # The next request loads it again.
     again = client.generate(model=TINY, prompt="Hi", options=GREEDY)
     assert again.done and again.load_duration and again.load_duration > 0
+
+
+def test_logprobs(client: ollama.Client) -> None:
+    """``logprobs``/``top_logprobs`` through the official client: one entry per generated
+    token, each streamed chunk carrying those of its own tokens, all of them at once
+    without streaming."""
+    whole = client.generate(model=TINY, prompt="Hello there", options=GREEDY, logprobs=True, top_logprobs=2)
+    assert whole.logprobs and len(whole.logprobs) == whole.eval_count
+    for entry in whole.logprobs:
+        assert entry.logprob <= 0 and entry.top_logprobs and len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].token == entry.token  # greedy
+    parts = list(
+        client.generate(model=TINY, prompt="Hello there", options=GREEDY, logprobs=True, stream=True)
+    )
+    streamed = [entry for part in parts for entry in part.logprobs or []]
+    assert [e.token for e in streamed] == [e.token for e in whole.logprobs]
+    assert all(e.top_logprobs is None for e in streamed)
+    chat = client.chat(
+        model=TINY, messages=[{"role": "user", "content": "Hi"}], options=GREEDY, logprobs=True
+    )
+    assert chat.logprobs and len(chat.logprobs) == chat.eval_count
+    assert client.generate(model=TINY, prompt="Hello there", options=GREEDY).logprobs is None

@@ -258,3 +258,26 @@ def test_format_applies_after_thinking(agent: Any, temperature: float) -> None:
     prompt = "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"
     events = run(agent, raw=True, prompt=prompt, messages=[], format=SKY, options=options)
     assert orjson.loads(events.text)["sky"] in ("clear", "cloudy")
+
+
+def test_logprobs_of_every_generated_token(tiny: Any) -> None:
+    events = run(tiny, logprobs=True, top_logprobs=3, options=GREEDY)
+    entries = [entry for event in events.of("l") for entry in event["lp"]]
+    assert len(entries) == events.stats["eval_count"] > 0
+    # one entry per token, in order (the response drops the output's leading space)
+    assert "".join(e["token"] for e in entries).lstrip() == events.text
+    for entry in entries:
+        assert entry["logprob"] <= 0.0
+        assert entry["bytes"] == list(entry["token"].encode())
+        top = entry["top_logprobs"]
+        assert len(top) == 3
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert top[0]["token"] == entry["token"]  # greedy: the chosen token is the likeliest
+        assert top[0]["logprob"] == pytest.approx(entry["logprob"])
+    # each token's entry is sent before the text it produced
+    order = [e["t"] for e in events.events if e["t"] in ("l", "x")]
+    assert order[0] == "l"
+    # without top_logprobs: no alternatives; without logprobs: nothing
+    plain = run(tiny, logprobs=True, options=GREEDY)
+    assert all("top_logprobs" not in e for event in plain.of("l") for e in event["lp"])
+    assert run(tiny, options=GREEDY).of("l") == []

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from daemon.app import create_app
 from daemon.config import Settings
-from daemon.engine import Finished, ThinkingChunk, ToolCallsChunk
+from daemon.engine import Finished, LogprobsChunk, ThinkingChunk, ToolCallsChunk
 from daemon.engine import TextChunk as T
 from daemon.testing import ScriptedEngine, install_fake_model
 from registry.store import ModelConfig, Store
@@ -157,3 +157,37 @@ async def test_bad_format_is_500(agent_client: httpx.AsyncClient) -> None:
     )
     assert response.status_code == 500
     assert orjson.loads(response.content)["error"].startswith('invalid format: "[\\"json\\"]"')
+
+
+def _lp(token: str) -> dict[str, Any]:
+    return {"token": token, "logprob": -0.5, "bytes": list(token.encode())}
+
+
+LOGPROBS_SCRIPT = [
+    LogprobsChunk([_lp("Su")]),
+    LogprobsChunk([_lp("re")]),
+    T("Sure"),
+    T("."),  # a chunk whose token's entry came with the previous one
+    LogprobsChunk([_lp("!")]),  # held back until the end: goes with the final object
+    Finished("stop", 5, 10, 3, 20),
+]
+
+
+async def test_logprobs_ride_with_the_chunk_of_their_tokens(settings: Settings, store: Store) -> None:
+    engine = ScriptedEngine(LOGPROBS_SCRIPT)
+    install_fake_model(store, "m", ModelConfig())
+    app = create_app(settings, engine, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        body = {"model": "m", "prompt": "x", "logprobs": True, "top_logprobs": 2}
+        chunks = ndjson(await client.post("/api/generate", json=body))
+        assert [c.get("logprobs") for c in chunks] == [[_lp("Su"), _lp("re")], None, [_lp("!")]]
+        assert [c["response"] for c in chunks] == ["Sure", ".", ""]
+        whole = (
+            await client.post(
+                "/api/chat", json={**body, "messages": [{"role": "user", "content": "x"}], "stream": False}
+            )
+        ).json()
+        assert whole["logprobs"] == [_lp("Su"), _lp("re"), _lp("!")]
+        assert whole["message"]["content"] == "Sure."
+    request = engine.requests[0]
+    assert request.logprobs is True and request.top_logprobs == 2

@@ -119,7 +119,7 @@ class BatchRunner:
                     seq = active.get(response.uid)
                     if seq is None:
                         continue
-                    done = seq.accept(int(response.token))
+                    done = seq.accept(int(response.token), response.logprobs)
                     if done or response.finish_reason is not None:
                         del active[response.uid]
                         self._retire(batch, response.uid, seq, response.prompt_cache)

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ class Generator:
         self.prompts = PromptBuilder(self.tokenizer)
         self.constraints = Constraints(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
         self.prefix_cache = PrefixCache(self.model)
+        # A token's text on its own (``logprobs``), cached: the same tokens come back often.
+        self.token_piece: Callable[[int], str] = lru_cache(maxsize=1 << 16)(
+            lambda token: str(self.tokenizer.decode([token]))
+        )
 
     def info(self) -> ModelInfo:
         params: list[tuple[str, Any]] = tree_flatten(self.model.parameters())  # type: ignore[assignment]
@@ -152,8 +156,8 @@ class Generator:
             prompt_cache=cache,
         )
         finished = False
-        for step, _ in steps:
-            finished = seq.accept(int(step))
+        for step, logprobs in steps:
+            finished = seq.accept(int(step), logprobs)
             seq.writer.flush()
             if finished:
                 break

@@ -66,6 +66,8 @@ class GenerateCommand(TypedDict, total=False):
     think: bool | str  # absent: the model's default; a level string counts as true
     truncate: bool  # False: a prompt over num_ctx is an error instead of dropping old messages
     shift: bool  # False: no context shift; generation stops when the context is full
+    logprobs: bool  # send each generated token's log-probability (LOGPROBS events)
+    top_logprobs: int  # with logprobs: also the n most likely tokens at each step (0–20)
 
 
 class EmbedCommand(TypedDict, total=False):
@@ -120,6 +122,7 @@ TOOL_CALLS = "c"  # parsed tool calls: {"t","id","calls"}
 DONE = "d"  # a request finished: {"t","id","stats"}
 ERROR = "e"  # a request (id >= 0) or the worker (id == -1) failed: {"t","id","msg","status"}
 VECTORS = "v"  # the answer to an embed command: {"t","id","n","dim","data"}
+LOGPROBS = "l"  # log-probabilities of tokens, sent before the text they belong to: {"t","id","lp"}
 
 
 class ModelInfo(TypedDict, total=False):
@@ -167,6 +170,22 @@ class ToolCallsEvent(TypedDict):
     calls: list[dict[str, Any]]  # Ollama's ToolCall shape
 
 
+class Logprob(TypedDict, total=False):
+    """Ollama's shape (and OpenAI's): the token's text, its log-probability, its UTF-8
+    bytes and, when asked for, the most likely alternatives in the same shape."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[Logprob]
+
+
+class LogprobsEvent(TypedDict):
+    t: Literal["l"]
+    id: int
+    lp: list[Logprob]
+
+
 class DoneEvent(TypedDict):
     t: Literal["d"]
     id: int
@@ -188,7 +207,16 @@ class VectorsEvent(TypedDict):
     data: str  # base64 of the little-endian float32 values, one vector after another
 
 
-Event = ReadyEvent | TextEvent | ThinkingEvent | ToolCallsEvent | DoneEvent | ErrorEvent | VectorsEvent
+Event = (
+    ReadyEvent
+    | TextEvent
+    | ThinkingEvent
+    | ToolCallsEvent
+    | LogprobsEvent
+    | DoneEvent
+    | ErrorEvent
+    | VectorsEvent
+)
 
 WORKER_ID = -1  # the ``id`` of an error that concerns the whole worker, not one request
 
@@ -209,6 +237,10 @@ def tool_calls(request_id: int, calls: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"t": TOOL_CALLS, "id": request_id, "calls": calls})
 
 
+def logprobs(request_id: int, entries: list[Logprob]) -> bytes:
+    return orjson.dumps({"t": LOGPROBS, "id": request_id, "lp": entries})
+
+
 def done(request_id: int, stats: DoneStats) -> bytes:
     return orjson.dumps({"t": DONE, "id": request_id, "stats": stats})
 
@@ -225,7 +257,7 @@ def vectors(request_id: int, values: bytes, dim: int, tokens: int) -> bytes:
 
 def decode_event(payload: bytes) -> Event:
     obj: Any = orjson.loads(payload)
-    tags = (READY, TEXT, THINKING, TOOL_CALLS, DONE, ERROR, VECTORS)
+    tags = (READY, TEXT, THINKING, TOOL_CALLS, LOGPROBS, DONE, ERROR, VECTORS)
     if not isinstance(obj, dict) or obj.get("t") not in tags:
         raise ValueError(f"not a worker event: {payload[:80]!r}")
     return cast(Event, obj)

@@ -81,6 +81,9 @@ class Sequence:
         self.detokenizer = generator.tokenizer.detokenizer
         self.detokenizer.reset()
         self.return_context = bool(command.get("return_context"))
+        self.logprobs = bool(command.get("logprobs"))
+        self.top_logprobs = min(max(int(command.get("top_logprobs", 0)), 0), 20)
+        self.piece = generator.token_piece
 
         self.generated: list[int] = []
         self.fed: list[int] = list(self.tokens)  # every token the KV cache may hold
@@ -89,8 +92,9 @@ class Sequence:
         self.started_ns = time.perf_counter_ns()
         self.first_ns = 0
 
-    def accept(self, token: int) -> bool:
-        """Take one sampled token; True when the sequence has finished."""
+    def accept(self, token: int, logprobs: mx.array | None = None) -> bool:
+        """Take one sampled token (and the step's log-probabilities over the vocabulary);
+        True when the sequence has finished."""
         if not self.first_ns:
             self.first_ns = time.perf_counter_ns()
         self.fed.append(token)
@@ -98,6 +102,9 @@ class Sequence:
             self.done_reason = "stop"
             return True
         self.generated.append(token)
+        if self.logprobs and logprobs is not None:
+            # Before the token's text: the daemon attaches them to the next chunk it sends.
+            self.writer.send(protocol.logprobs(self.id, [self._logprob(token, logprobs)]))
         self.detokenizer.add_token(token)
         out = self.stopper.feed(self.detokenizer.last_segment)
         if out:
@@ -133,6 +140,21 @@ class Sequence:
         if self.return_context:
             stats["context"] = self.tokens + self.generated
         self.writer.send(protocol.done(self.id, stats))
+
+    def _logprob(self, token: int, row: mx.array) -> protocol.Logprob:
+        row = row.reshape(-1).astype(mx.float32)
+        entry = self._entry(token, float(row[token].item()))  # type: ignore[arg-type]
+        if self.top_logprobs:
+            top = mx.argpartition(-row, kth=self.top_logprobs - 1)[: self.top_logprobs]
+            ids: list[int] = top.tolist()  # type: ignore[assignment]
+            values: list[float] = row[top].tolist()  # type: ignore[assignment]
+            pairs = sorted(zip(values, ids, strict=True), reverse=True)
+            entry["top_logprobs"] = [self._entry(i, v) for v, i in pairs]
+        return entry
+
+    def _entry(self, token: int, logprob: float) -> protocol.Logprob:
+        text = self.piece(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     def _send(self, text: str) -> None:
         for piece in self.router.feed(text):

@@ -69,4 +69,6 @@ def build_request(call: Call, body: ChatBody, options: SamplingOptions) -> Gener
         options=options,
         truncate=body.truncate,
         shift=body.shift,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs if body.logprobs else 0,
     )

@@ -23,6 +23,7 @@ from daemon.engine import (
     Finished,
     GenerationEvent,
     GenerationRequest,
+    LogprobsChunk,
     ModelHandle,
     TextChunk,
     ThinkingChunk,
@@ -148,10 +149,15 @@ class Shape:
     def line(self, text: str) -> bytes:
         return b"".join((self._head, clock.now().encode(), self._middle, orjson.dumps(text), self._tail))
 
-    def event_line(self, event: GenerationEvent) -> bytes:
-        """A content, thinking or tool-calls chunk (not the final one)."""
-        if isinstance(event, TextChunk):
+    def event_line(self, event: GenerationEvent, logprobs: list[dict[str, Any]] | None = None) -> bytes:
+        """A content, thinking or tool-calls chunk (not the final one), with the
+        log-probabilities of its tokens when they were asked for."""
+        if isinstance(event, TextChunk) and not logprobs:
             return self.line(event.text)
+        if isinstance(event, TextChunk):
+            line: dict[str, Any] = orjson.loads(self.line(event.text))
+            line["logprobs"] = logprobs
+            return dumps_line(line)
         extra: dict[str, Any] = (
             {"thinking": event.text} if isinstance(event, ThinkingChunk) else {"tool_calls": event.calls}  # type: ignore[union-attr]
         )
@@ -161,6 +167,8 @@ class Shape:
         else:
             obj.update(response="", **extra)
         obj["done"] = False
+        if logprobs:
+            obj["logprobs"] = logprobs
         return dumps_line(obj)
 
     def final(self, text: str | Output, fields: dict[str, Any]) -> dict[str, Any]:
@@ -178,16 +186,20 @@ class Shape:
             obj.update(extra)
         obj["done"] = True
         obj.update(fields)
+        if out.logprobs:
+            obj["logprobs"] = out.logprobs
         return obj
 
 
 @dataclass
 class Output:
-    """A whole response (``stream: false``): content, thoughts and tool calls."""
+    """A whole response (``stream: false``; or the final chunk's leftovers when streaming):
+    content, thoughts, tool calls and the tokens' log-probabilities."""
 
     content: str
     thinking: str = ""
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 def final_fields(finished: Finished, total_ns: int, load_ns: int, with_context: bool) -> dict[str, Any]:
@@ -275,13 +287,16 @@ async def _collect(events: AsyncIterator[GenerationEvent]) -> tuple[Output, Fini
     parts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] = []
     async for event in events:
         if isinstance(event, Finished):
-            return Output("".join(parts), "".join(thoughts), calls or None), event
+            return Output("".join(parts), "".join(thoughts), calls or None, logprobs or None), event
         if isinstance(event, TextChunk):
             parts.append(event.text)
         elif isinstance(event, ThinkingChunk):
             thoughts.append(event.text)
+        elif isinstance(event, LogprobsChunk):
+            logprobs.extend(event.entries)
         else:
             calls.extend(event.calls)
     raise EngineError(INCOMPLETE)
@@ -291,19 +306,24 @@ async def _lines(
     first: GenerationEvent,
     events: AsyncIterator[GenerationEvent],
     shape: Shape,
-    final: Callable[[str, Finished], dict[str, Any]],
+    final: Callable[[str | Output, Finished], dict[str, Any]],
     release: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
+    pending: list[dict[str, Any]] = []  # log-probabilities waiting for their chunk
     try:
-        if isinstance(first, Finished):
-            yield dumps_line(final("", first))
-            return
-        yield shape.event_line(first)
-        async for event in events:
+        event = first
+        while True:
             if isinstance(event, Finished):
-                yield dumps_line(final("", event))
+                yield dumps_line(final(Output("", logprobs=pending or None), event))
                 return
-            yield shape.event_line(event)
-        raise EngineError(INCOMPLETE)
+            if isinstance(event, LogprobsChunk):
+                pending.extend(event.entries)
+            else:
+                yield shape.event_line(event, pending)
+                pending = []
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                raise EngineError(INCOMPLETE) from None
     finally:
         await release()
