@@ -72,13 +72,19 @@ def generator(tiny_model_dir: Path) -> Iterator[Any]:
     yield Generator(tiny_model_dir)
 
 
-def alone(generator: Any, cmd: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def run_alone(generator: Any, cmd: dict[str, Any]) -> Recorder:
+    """``cmd`` by itself, as request 1, with a cold cache."""
     rec = Recorder()
     generator.prefix_cache.enabled = False
     try:
         generator.run({**cmd, "id": 1}, rec, lambda: False)
     finally:
         generator.prefix_cache.enabled = True
+    return rec
+
+
+def alone(generator: Any, cmd: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    rec = run_alone(generator, cmd)
     return rec.text(1), rec.stats(1)
 
 
@@ -212,15 +218,7 @@ def test_logprobs_in_a_batch_equal_those_alone(generator: Any) -> None:
     def entries(rec: Recorder, request_id: int) -> list[dict[str, Any]]:
         return [e for event in rec.by_id[request_id] if event["t"] == "l" for e in event["lp"]]
 
-    alone_entries = []
-    for cmd in commands:
-        rec = Recorder()
-        generator.prefix_cache.enabled = False
-        try:
-            generator.run({**cmd, "id": 1}, rec, lambda: False)
-        finally:
-            generator.prefix_cache.enabled = True
-        alone_entries.append(entries(rec, 1))
+    alone_entries = [entries(run_alone(generator, cmd), 1) for cmd in commands]
     rec = Recorder()
     serve(generator, commands, rec)
     for cmd, expected in zip(commands, alone_entries, strict=True):
