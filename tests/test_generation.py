@@ -281,3 +281,23 @@ def test_logprobs_of_every_generated_token(tiny: Any) -> None:
     plain = run(tiny, logprobs=True, options=GREEDY)
     assert all("top_logprobs" not in e for event in plain.of("l") for e in event["lp"])
     assert run(tiny, options=GREEDY).of("l") == []
+
+
+def test_format_ignores_schema_keywords_it_cannot_enforce(tiny: Any) -> None:
+    """Like Ollama's grammar conversion: keywords outside what can be enforced token by token
+    (``uniqueItems``, ``if``/``then``, ``not``…) are left out; the rest still binds."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2, "uniqueItems": True}
+        },
+        "required": ["tags"],
+        "additionalProperties": False,
+        "if": {"properties": {"tags": {"minItems": 1}}},
+        "then": {"required": ["tags"]},
+        "not": {"required": ["other"]},
+    }
+    events = run(tiny, format=schema, options={"temperature": 1.0, "seed": 2, "num_predict": 60})
+    assert events.stats["done_reason"] == "stop", events.text
+    value = orjson.loads(events.text)
+    assert set(value) == {"tags"} and set(value["tags"]) <= {"a", "b"} and len(value["tags"]) <= 2

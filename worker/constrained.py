@@ -23,7 +23,9 @@ Each request gets its own matcher (no shared mutable state: concurrent requests 
 interfere); the tokenizer conversion (~1 s on a large vocabulary) is done once per model.
 The mask is applied as an mlx-lm logits processor, so it composes with the penalties and
 the sampler. JSON is compact (no free whitespace): models in JSON mode otherwise tend to
-fill the budget with newlines.
+fill the budget with newlines. Schema keywords llguidance cannot enforce are ignored
+(its ``lenient`` mode), as Ollama's schema-to-grammar conversion ignores them; a schema
+that is invalid is still an error.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import orjson
 from llguidance.numpy import fill_next_token_bitmask
 
 FORMAT_ERROR = 'invalid format: {raw}; expected "json" or a valid JSON Schema object'
-_GRAMMAR_OPTIONS: Any = {"whitespace_flexible": False}
+_GRAMMAR_OPTIONS: Any = {"whitespace_flexible": False, "lenient": True}
 
 
 class FormatError(ValueError):
