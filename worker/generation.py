@@ -83,8 +83,8 @@ class Generator:
         # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
         # pay for the common sizes now rather than during the first concurrent requests.
         most = min(num_parallel(), batched_qmv.MAX_ROWS)
-        with self.batch_routing():
-            if self.batched_qmv:
+        with self.batch_routing() as routed:
+            if routed:  # quantized layers to route: measure how
                 started = time.perf_counter()
                 routes = batched_qmv.tune(self.model, most)
                 log.info(
