@@ -301,3 +301,22 @@ def test_format_ignores_schema_keywords_it_cannot_enforce(tiny: Any) -> None:
     assert events.stats["done_reason"] == "stop", events.text
     value = orjson.loads(events.text)
     assert set(value) == {"tags"} and set(value["tags"]) <= {"a", "b"} and len(value["tags"]) <= 2
+
+
+def test_metal_wires_the_weights_and_warns_when_they_barely_fit(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On Metal the worker sets the wired limit to the GPU's recommended working set (for
+    its whole life); a model near that size gets a warning. Elsewhere nothing is wired."""
+    import mlx.core as mx
+
+    from worker import generation
+
+    wired: list[bool] = []
+    monkeypatch.setattr(generation, "maybe_set_recommended_wired_limit", lambda: wired.append(True) or 0)
+    monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 1 << 40})
+    generation.Generator(tiny_model_dir)
+    assert wired == [True] and "working set" not in caplog.text
+    monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 1000})
+    generation.Generator(tiny_model_dir)
+    assert "close to the GPU's recommended working set" in caplog.text

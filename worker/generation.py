@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 from mlx_lm import load as load_model
 from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import trim_prompt_cache
+from mlx_lm.utils import maybe_set_recommended_wired_limit
 
 from worker import batched_qmv
 from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved, num_parallel
@@ -44,6 +45,7 @@ class Generator:
         loaded: tuple[Any, Any] = load_model(str(model_dir))  # type: ignore[assignment]
         self.model, self.tokenizer = loaded
         self.eos_ids = set(self.tokenizer.eos_token_ids)
+        self._wire_memory()
         # Batched decode routes few-row products by what ``batched_qmv.tune`` measured, on
         # CUDA; the layers are swapped only while a batch runs, so a lone request pays no
         # Python dispatch per layer.
@@ -61,8 +63,7 @@ class Generator:
         )
 
     def info(self) -> ModelInfo:
-        params: list[tuple[str, Any]] = tree_flatten(self.model.parameters())  # type: ignore[assignment]
-        weights = sum(v.nbytes for _, v in params)
+        weights = _weight_bytes(self.model)
         return {
             "load_seconds": self.load_seconds,
             "context_length": self.context_length,
@@ -71,6 +72,22 @@ class Generator:
             "memory_bytes": int(weights),
             "device": str(mx.default_device()),
         }
+
+    def _wire_memory(self) -> None:
+        # Metal: keep the weights wired (resident) for the worker's lifetime, up to the GPU's
+        # recommended working set, so an idle model is not paged out between requests (the
+        # worker exits on unload, which releases them). Other devices report no such size.
+        if maybe_set_recommended_wired_limit() is None:
+            return
+        weights = _weight_bytes(self.model)
+        recommended = int(mx.device_info().get("max_recommended_working_set_size", 0))
+        if weights > 0.9 * recommended:
+            log.warning(
+                "the model's weights (%d MiB) are close to the GPU's recommended working set"
+                " (%d MiB): generation may be slow",
+                weights >> 20,
+                recommended >> 20,
+            )
 
     def _warm_up(self) -> None:
         # One short generation compiles the kernels the first real request would otherwise
@@ -176,6 +193,11 @@ class Generator:
         if seq.rotating is None:
             self.prefix_cache.store(seq.fed, cache)
         return None
+
+
+def _weight_bytes(model: Any) -> int:
+    params: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    return int(sum(v.nbytes for _, v in params))
 
 
 def _context_length(model: Any) -> int:
