@@ -47,6 +47,7 @@ class GenerationRequest:
     shift: bool = True  # shift the context when the generation reaches num_ctx
     logprobs: bool = False  # return each generated token's log-probability
     top_logprobs: int = 0  # with logprobs: the n most likely tokens at each step too
+    render_only: bool = False  # answer the rendered prompt as text; generate nothing
     # How long the model stays loaded once idle (seconds; math.inf = forever, 0 = unload as
     # soon as the request is done); None keeps the model's current setting.
     keep_alive: float | None = None

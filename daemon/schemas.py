@@ -217,6 +217,7 @@ class InferenceBody:
     top_logprobs: int
     truncate: bool
     shift: bool
+    debug_render_only: bool  # ``_debug_render_only``: answer the rendered prompt, generate nothing
 
 
 def _inference_fields(fields: Fields) -> dict[str, Any]:
@@ -231,6 +232,7 @@ def _inference_fields(fields: Fields) -> dict[str, Any]:
         "top_logprobs": fields.integer("top_logprobs"),
         "truncate": fields.boolean("truncate", default=True),
         "shift": fields.boolean("shift", default=True),
+        "debug_render_only": fields.boolean("_debug_render_only"),
     }
 
 

@@ -375,6 +375,8 @@ def _extras(request: GenerationRequest) -> GenerateCommand:
         extras["truncate"] = False
     if not request.shift:
         extras["shift"] = False
+    if request.render_only:
+        extras["render_only"] = True
     if request.logprobs:
         extras["logprobs"] = True
         if request.top_logprobs:

@@ -364,3 +364,11 @@ def test_a_client_leaving_mid_stream(daemon: Daemon) -> None:
         stream.close()
         answer = quick.chat.completions.create(model=TINY, messages=[USER], max_tokens=4)
         assert answer.usage is not None and answer.usage.completion_tokens <= 4
+
+
+def test_debug_render_only_answers_ollamas_object(daemon: Daemon) -> None:
+    for stream in (False, True):
+        body = {"model": TINY, "messages": [USER], "_debug_render_only": True, "stream": stream}
+        response = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+        assert response.json()["_debug_info"]["rendered_template"].endswith("<|im_start|>assistant\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import ollama
 import pytest
 
@@ -144,3 +145,26 @@ def test_logprobs(client: ollama.Client) -> None:
     )
     assert chat.logprobs and len(chat.logprobs) == chat.eval_count
     assert client.generate(model=TINY, prompt="Hello there", options=GREEDY).logprobs is None
+
+
+def test_debug_render_only(tiny_daemon: Daemon) -> None:
+    """``_debug_render_only``: the prompt as the model would see it, nothing generated."""
+    body = {"model": TINY, "prompt": "Hello there", "system": "Be brief.", "_debug_render_only": True}
+    answer = httpx.post(tiny_daemon.url + "/api/generate", json=body, timeout=60).json()
+    assert answer["response"] == "" and answer["done"] is False and "eval_count" not in answer
+    rendered = answer["_debug_info"]["rendered_template"]
+    assert rendered == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nHello there<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    messages = [{"role": "user", "content": "Hi"}]
+    answer = httpx.post(
+        tiny_daemon.url + "/api/chat",
+        json={"model": TINY, "messages": messages, "_debug_render_only": True, "stream": True},
+        timeout=60,
+    ).json()
+    assert answer["message"] == {"role": "", "content": ""}
+    assert answer["_debug_info"]["rendered_template"].endswith(
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )

@@ -25,13 +25,13 @@ from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from worker import batched_qmv
+from worker import batched_qmv, protocol
 from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved, num_parallel
 from worker.constrained import Constraints
 from worker.prefix_cache import PrefixCache
-from worker.prompt import PromptBuilder
+from worker.prompt import PromptBuilder, PromptError
 from worker.protocol import GenerateCommand, ModelInfo
-from worker.sequence import DEFAULT_NUM_CTX, Sequence, SequenceError, fail
+from worker.sequence import DEFAULT_NUM_CTX, Sequence, SequenceError, fail, request_num_ctx
 from worker.transport import EventWriter
 
 log = logging.getLogger("mlxd.worker")
@@ -145,11 +145,29 @@ class Generator:
     def sequence(
         self, command: GenerateCommand, writer: EventWriter, cancelled: Cancelled
     ) -> Sequence | None:
+        if command.get("render_only"):
+            self._render(command, writer)
+            return None
         try:
             return Sequence(self, command, writer, partial(cancelled, command["id"]))
         except SequenceError as exc:
             fail(writer, command["id"], exc.message, exc.status)
             return None
+
+    def _render(self, command: GenerateCommand, writer: EventWriter) -> None:
+        """``_debug_render_only``: the prompt as the model would see it, decoded from its tokens
+        (special tokens included), then done; nothing is generated."""
+        try:
+            prompt = self.prompts.build(command, request_num_ctx(self, command))
+        except PromptError as exc:
+            fail(writer, command["id"], exc.message, exc.status)
+            return
+        text = str(self.tokenizer.decode(prompt.tokens, skip_special_tokens=False))
+        writer.send(protocol.text(command["id"], text))
+        writer.send(
+            protocol.done(command["id"], {"done_reason": "stop", "prompt_eval_count": len(prompt.tokens)})
+        )
+        writer.flush()
 
     def run_alone(self, seq: Sequence, jobs: JobSource) -> Moved | None:
         """Generate ``seq`` by itself. If other requests arrive meanwhile (and its cache can

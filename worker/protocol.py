@@ -68,6 +68,7 @@ class GenerateCommand(TypedDict, total=False):
     shift: bool  # False: no context shift; generation stops when the context is full
     logprobs: bool  # send each generated token's log-probability (LOGPROBS events)
     top_logprobs: int  # with logprobs: also the n most likely tokens at each step (0–20)
+    render_only: bool  # one TEXT event with the prompt as the model would see it, then DONE
 
 
 class EmbedCommand(TypedDict, total=False):

@@ -52,7 +52,7 @@ class Sequence:
         self.cancelled = cancelled
         self.eos_ids = generator.eos_ids
         options = command.get("options", {})
-        num_ctx = min(max(int(options.get("num_ctx") or DEFAULT_NUM_CTX), 4), generator.context_length)
+        num_ctx = request_num_ctx(generator, command)
         try:
             prompt = generator.prompts.build(command, num_ctx)
             fmt = command.get("format")
@@ -159,6 +159,12 @@ class Sequence:
     def _send(self, text: str) -> None:
         for piece in self.router.feed(text):
             self.writer.send(_event(self.id, piece))
+
+
+def request_num_ctx(generator: Generator, command: GenerateCommand) -> int:
+    """The request's ``num_ctx``, within 4 and the model's context length."""
+    wanted = int(command.get("options", {}).get("num_ctx") or DEFAULT_NUM_CTX)
+    return min(max(wanted, 4), generator.context_length)
 
 
 def fail(writer: EventWriter, request_id: int, message: str, status: int) -> None:

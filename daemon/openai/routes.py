@@ -72,7 +72,9 @@ class Translated(Response):
                 native = orjson.loads(body)
             except orjson.JSONDecodeError:
                 native = None
-            if isinstance(native, dict):
+            if isinstance(native, dict) and "_debug_info" in native:
+                response = json_response(native)  # ``_debug_render_only``: Ollama's object as is
+            elif isinstance(native, dict):
                 response = json_response(self.whole(native))
             else:
                 response = error_response(500, "invalid response from the native handler", self.error_shape)
@@ -94,7 +96,9 @@ class _Writer:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            self.streaming = self.status == 200 and self.response.stream is not None
+            # ``_debug_render_only`` answers Ollama's JSON object, streamed request or not.
+            debug = bool((self.response.native_body or {}).get("_debug_render_only"))
+            self.streaming = self.status == 200 and self.response.stream is not None and not debug
             if self.streaming:
                 await self.outer({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             return

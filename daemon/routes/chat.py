@@ -71,4 +71,5 @@ def build_request(call: Call, body: ChatBody, options: SamplingOptions) -> Gener
         shift=body.shift,
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs if body.logprobs else 0,
+        render_only=body.debug_render_only,
     )

@@ -70,6 +70,7 @@ def build_request(call: Call, body: GenerateBody, options: SamplingOptions) -> G
     request.format = body.format or None
     request.truncate, request.shift = body.truncate, body.shift
     request.logprobs, request.top_logprobs = body.logprobs, body.top_logprobs if body.logprobs else 0
+    request.render_only = body.debug_render_only
     return request
 
 

@@ -171,6 +171,16 @@ class Shape:
             obj["logprobs"] = logprobs
         return dumps_line(obj)
 
+    def rendered(self, prompt: str) -> dict[str, Any]:
+        """The answer to ``_debug_render_only``: Ollama's shape, the prompt in ``_debug_info``."""
+        obj: dict[str, Any] = {"model": self.model, "created_at": clock.now()}
+        if self.chat:
+            obj["message"] = {"role": "", "content": ""}
+        else:
+            obj["response"] = ""
+        obj.update(done=False, _debug_info={"rendered_template": prompt})
+        return obj
+
     def final(self, text: str | Output, fields: dict[str, Any]) -> dict[str, Any]:
         out = text if isinstance(text, Output) else Output(text)
         extra: dict[str, Any] = {}
@@ -260,6 +270,14 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
         return shape.final(text, final_fields(finished, total_ns, load_ns, shape.with_context))
 
     receive = call.request.receive
+    if request.render_only:
+        try:
+            collected = await until_disconnect(receive, lambda: _collect(events))
+        finally:
+            await release()
+        if collected is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(shape.rendered(collected[0].content))
     if not call.body.stream:
         try:
             collected = await until_disconnect(receive, lambda: _collect(events))
