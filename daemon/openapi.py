@@ -76,6 +76,11 @@ INFERENCE: dict[str, Schema] = {
     "options": OPTIONS,
     "keep_alive": KEEP_ALIVE,
     "think": {"oneOf": [{"type": "boolean"}, string(enum=["low", "medium", "high"])]},
+    "truncate": {"type": "boolean"},
+    "shift": {"type": "boolean"},
+    "logprobs": {"type": "boolean"},
+    "top_logprobs": integer(minimum=0, maximum=20),
+    "_debug_render_only": {"type": "boolean"},
 }
 GENERATE = obj(
     {
@@ -192,6 +197,7 @@ def document(server_url: str = "http://127.0.0.1:11434") -> Schema:
         "/api/version": {"get": _operation("version", "The server's version", None, _responses(OBJECT))},
         "/api/tags": {"get": _operation("tags", "Installed models", None, _responses(OBJECT))},
         "/api/ps": {"get": _operation("ps", "Loaded models", None, _responses(OBJECT))},
+        "/api/status": {"get": _operation("status", "Cloud features (off here)", None, _responses(OBJECT))},
         "/api/show": {"post": _operation("show", "A model's details", NAMED, _responses(OBJECT))},
         "/api/generate": {
             "post": _operation("generate", "Complete a prompt", GENERATE, _responses(OBJECT, stream=True))

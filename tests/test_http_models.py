@@ -52,6 +52,16 @@ async def test_unknown_path_and_wrong_method(client: httpx.AsyncClient) -> None:
         assert response.status_code == 405
         assert response.headers["content-type"] == "text/plain; charset=utf-8"
         assert response.text == "405 method not allowed"
+    # HEAD only where Ollama's routes declare it (a HEAD answer has no body)
+    assert (await client.head("/api/ps")).status_code == 405
+    assert (await client.head("/api/status")).status_code == 405
+    assert (await client.head("/api/tags")).status_code == 200
+
+
+async def test_status_reports_cloud_features_off(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/status")
+    assert response.status_code == 200
+    assert json_body(response) == {"cloud": {"disabled": True, "source": "env"}}
 
 
 async def test_tags(client: httpx.AsyncClient, store: Store) -> None:

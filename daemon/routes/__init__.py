@@ -43,6 +43,12 @@ def model_handle(model: InstalledModel) -> ModelHandle:
     return ModelHandle(name=model.display, digest=model.digest, path=model.path)
 
 
+def _get_only(route: Route) -> Route:
+    # Starlette answers HEAD wherever it answers GET; gin (Ollama) only where a route says so.
+    route.methods = {"GET"}
+    return route
+
+
 def routes() -> list[BaseRoute]:
     from daemon.routes import chat, create, generate, manage, models, ps, pull
     from daemon.routes.embed import ROUTES as EMBED_ROUTES
@@ -52,7 +58,8 @@ def routes() -> list[BaseRoute]:
         Route("/api/version", models.version, methods=["GET", "HEAD"]),
         Route("/api/tags", models.tags, methods=["GET", "HEAD"]),
         Route("/api/show", models.show, methods=["POST"]),
-        Route("/api/ps", ps.ps, methods=["GET"]),
+        _get_only(Route("/api/status", models.status, methods=["GET"])),
+        _get_only(Route("/api/ps", ps.ps, methods=["GET"])),
         Route("/api/generate", generate.generate, methods=["POST"]),
         Route("/api/chat", chat.chat, methods=["POST"]),
         *EMBED_ROUTES,

@@ -33,6 +33,12 @@ async def version(request: Request) -> Response:
     return JSONResponse({"version": OLLAMA_COMPAT_VERSION})
 
 
+async def status(request: Request) -> Response:
+    """``GET /api/status``: the cloud features (ollama.com models, web search, sign-in) are
+    off here, as a server whose environment disabled them reports it."""
+    return JSONResponse({"cloud": {"disabled": True, "source": "env"}})
+
+
 def local_time(stamp: datetime) -> str:
     """RFC 3339 in local time with its offset, as Ollama writes ``modified_at``."""
     return stamp.astimezone().isoformat()
