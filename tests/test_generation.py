@@ -320,3 +320,21 @@ def test_metal_wires_the_weights_and_warns_when_they_barely_fit(
     monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 1000})
     generation.Generator(tiny_model_dir)
     assert "close to the GPU's recommended working set" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("ending", "opened"),
+    [
+        ("<think>", True),
+        ("<think>\n", True),
+        ("<think>\n\n", True),
+        ("", False),
+        ("<think></think>\n", False),
+    ],
+)
+def test_a_prompt_that_ends_inside_the_reasoning_block(agent: Any, ending: str, opened: bool) -> None:
+    """Templates that open the block for the model (DeepSeek-R1's end with ``<think>\\n``):
+    the output starts as thinking, so ``format`` waits for the block to close."""
+    template = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n" + ending
+    command = {"op": "generate", "id": 1, "messages": USER, "template": template}
+    assert agent.prompts.build(command, 256).opened_thinking is opened

@@ -197,9 +197,22 @@ class PromptBuilder:
                 tokens = fit_messages(messages, chat, self._room(command, num_ctx))
         tokens = list(command.get("context", [])) + tokens
         tokens = self._fit_tokens(command, tokens, num_ctx)
+        return Prompt(tokens, thinking=think, opened_thinking=self._opens_thinking(tokens))
+
+    def _opens_thinking(self, tokens: list[int]) -> bool:
+        """The prompt ends inside a reasoning block: with the opening tag, or with the tag
+        and a newline or two (DeepSeek-R1's templates end with ``<think>\n``)."""
         start = self.think_start_tokens
-        opened = bool(start) and tuple(tokens[-len(start) :]) == start
-        return Prompt(tokens, thinking=think, opened_thinking=opened)
+        if not start:
+            return False
+        end = len(tokens)
+        while end > len(start) and len(tokens) - end < 3 and self._blank(tokens[end - 1]):
+            end -= 1
+        return tuple(tokens[end - len(start) : end]) == start
+
+    def _blank(self, token: int) -> bool:
+        text = self.tokenizer.decode([token])
+        return bool(text) and not text.strip()
 
     def _room(self, command: GenerateCommand, num_ctx: int) -> int:
         if command.get("truncate", True) is False:
