@@ -264,11 +264,12 @@ def test_logprobs_of_every_generated_token(tiny: Any) -> None:
     events = run(tiny, logprobs=True, top_logprobs=3, options=GREEDY)
     entries = [entry for event in events.of("l") for entry in event["lp"]]
     assert len(entries) == events.stats["eval_count"] > 0
-    # one entry per token, in order (the response drops the output's leading space)
+    # one entry per token, in order (the response drops the output's leading space); the
+    # raw bytes add up to the text even where a character spans tokens
     assert "".join(e["token"] for e in entries).lstrip() == events.text
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode(errors="replace").lstrip() == events.text
     for entry in entries:
         assert entry["logprob"] <= 0.0
-        assert entry["bytes"] == list(entry["token"].encode())
         top = entry["top_logprobs"]
         assert len(top) == 3
         assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)

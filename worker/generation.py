@@ -32,6 +32,7 @@ from worker.prefix_cache import PrefixCache
 from worker.prompt import PromptBuilder, PromptError
 from worker.protocol import GenerateCommand, ModelInfo
 from worker.sequence import DEFAULT_NUM_CTX, Sequence, SequenceError, fail, request_num_ctx
+from worker.token_bytes import token_bytes
 from worker.transport import EventWriter
 
 log = logging.getLogger("mlxd.worker")
@@ -57,10 +58,12 @@ class Generator:
         self.prompts = PromptBuilder(self.tokenizer)
         self.constraints = Constraints(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
         self.prefix_cache = PrefixCache(self.model)
-        # A token's text on its own (``logprobs``), cached: the same tokens come back often.
+        # A token's text on its own and its raw bytes (``logprobs``), cached: the same
+        # tokens come back often.
         self.token_piece: Callable[[int], str] = lru_cache(maxsize=1 << 16)(
             lambda token: str(self.tokenizer.decode([token]))
         )
+        self.token_bytes = token_bytes(self.tokenizer)
 
     def info(self) -> ModelInfo:
         weights = _weight_bytes(self.model)

@@ -84,6 +84,7 @@ class Sequence:
         self.logprobs = bool(command.get("logprobs"))
         self.top_logprobs = min(max(int(command.get("top_logprobs", 0)), 0), 20)
         self.piece = generator.token_piece
+        self.token_bytes = generator.token_bytes
 
         self.generated: list[int] = []
         self.fed: list[int] = list(self.tokens)  # every token the KV cache may hold
@@ -153,8 +154,7 @@ class Sequence:
         return entry
 
     def _entry(self, token: int, logprob: float) -> protocol.Logprob:
-        text = self.piece(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return {"token": self.piece(token), "logprob": logprob, "bytes": list(self.token_bytes(token))}
 
     def _send(self, text: str) -> None:
         for piece in self.router.feed(text):
