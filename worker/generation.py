@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,7 @@ class Generator:
         self.prompts = PromptBuilder(self.tokenizer)
         self.constraints = Constraints(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
         self.prefix_cache = PrefixCache(self.model)
-        # A token's text on its own and its raw bytes (``logprobs``), cached: the same
-        # tokens come back often.
-        self.token_piece: Callable[[int], str] = lru_cache(maxsize=1 << 16)(
-            lambda token: str(self.tokenizer.decode([token]))
-        )
-        self.token_bytes = token_bytes(self.tokenizer)
+        self.token_bytes = token_bytes(self.tokenizer)  # for ``logprobs`` entries
 
     def info(self) -> ModelInfo:
         weights = _weight_bytes(self.model)

@@ -83,7 +83,6 @@ class Sequence:
         self.return_context = bool(command.get("return_context"))
         self.logprobs = bool(command.get("logprobs"))
         self.top_logprobs = min(max(int(command.get("top_logprobs", 0)), 0), 20)
-        self.piece = generator.token_piece
         self.token_bytes = generator.token_bytes
 
         self.generated: list[int] = []
@@ -154,7 +153,8 @@ class Sequence:
         return entry
 
     def _entry(self, token: int, logprob: float) -> protocol.Logprob:
-        return {"token": self.piece(token), "logprob": logprob, "bytes": list(self.token_bytes(token))}
+        raw = self.token_bytes(token)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
     def _send(self, text: str) -> None:
         for piece in self.router.feed(text):
@@ -211,17 +211,22 @@ def _thinking_gate(generator: Generator, command: GenerateCommand, prompt: Promp
     """Where ``format`` must wait for the reasoning block to end (Ollama constrains only the
     answer of a thinking model): thinking on, or a prompt that ends inside the block."""
     tok = generator.tokenizer
-    if not tok.has_thinking or command.get("raw") or not (prompt.thinking or prompt.opened_thinking):
+    if not _parses_reasoning(generator, command) or not (prompt.thinking or prompt.opened_thinking):
         return None
     start, end = tuple(tok.think_start_tokens or ()), tuple(tok.think_end_tokens or ())
     return ThinkingGate(start, end, prompt.opened_thinking) if end else None
+
+
+def _parses_reasoning(generator: Generator, command: GenerateCommand) -> bool:
+    """The model has reasoning tags and the output is read for them (not ``raw``)."""
+    return bool(generator.tokenizer.has_thinking) and not command.get("raw")
 
 
 def _router(generator: Generator, command: GenerateCommand, prompt: Prompt) -> OutputRouter:
     tok = generator.tokenizer
     tools = command.get("tools") or None
     return OutputRouter(
-        think_start=tok.think_start if tok.has_thinking and not command.get("raw") else None,
+        think_start=tok.think_start if _parses_reasoning(generator, command) else None,
         think_end=tok.think_end,
         keep_thinking=prompt.thinking,
         opened_thinking=prompt.opened_thinking,

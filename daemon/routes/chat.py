@@ -70,6 +70,6 @@ def build_request(call: Call, body: ChatBody, options: SamplingOptions) -> Gener
         truncate=body.truncate,
         shift=body.shift,
         logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs if body.logprobs else 0,
+        top_logprobs=body.top_logprobs,
         render_only=body.debug_render_only,
     )

@@ -69,7 +69,7 @@ def build_request(call: Call, body: GenerateBody, options: SamplingOptions) -> G
         request = _templated(call, body, options)
     request.format = body.format or None
     request.truncate, request.shift = body.truncate, body.shift
-    request.logprobs, request.top_logprobs = body.logprobs, body.top_logprobs if body.logprobs else 0
+    request.logprobs, request.top_logprobs = body.logprobs, body.top_logprobs
     request.render_only = body.debug_render_only
     return request
 

@@ -152,20 +152,21 @@ class Shape:
     def event_line(self, event: GenerationEvent, logprobs: list[dict[str, Any]] | None = None) -> bytes:
         """A content, thinking or tool-calls chunk (not the final one), with the
         log-probabilities of its tokens when they were asked for."""
-        if isinstance(event, TextChunk) and not logprobs:
-            return self.line(event.text)
+        content = ""
+        extra: dict[str, Any] = {}
         if isinstance(event, TextChunk):
-            line: dict[str, Any] = orjson.loads(self.line(event.text))
-            line["logprobs"] = logprobs
-            return dumps_line(line)
-        extra: dict[str, Any] = (
-            {"thinking": event.text} if isinstance(event, ThinkingChunk) else {"tool_calls": event.calls}  # type: ignore[union-attr]
-        )
+            if not logprobs:
+                return self.line(event.text)  # the per-token fast path
+            content = event.text
+        elif isinstance(event, ThinkingChunk):
+            extra = {"thinking": event.text}
+        else:
+            extra = {"tool_calls": event.calls}  # type: ignore[union-attr]
         obj: dict[str, Any] = {"model": self.model, "created_at": clock.now()}
         if self.chat:
-            obj["message"] = {"role": "assistant", "content": "", **extra}
+            obj["message"] = {"role": "assistant", "content": content, **extra}
         else:
-            obj.update(response="", **extra)
+            obj.update(response=content, **extra)
         obj["done"] = False
         if logprobs:
             obj["logprobs"] = logprobs
