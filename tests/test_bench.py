@@ -33,3 +33,25 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
     assert result["ipc"] == "shm" and result["tokens"] == 8 and result["model"] == "random:tiny"
     assert "cpu" in result["device"].lower()
+
+
+def test_worker_step_benchmark_times_the_decode_loop_and_profiles_it(tmp_path: Path) -> None:
+    env = {**os.environ, "MLXD_BENCH_CACHE": str(tmp_path)}
+    argv = ["--model", "random:tiny", "--streams", "1,3", "--tokens", "12", "--profile", "5"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.worker_step", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [row["streams"] for row in result["rows"]] == [1, 3]
+    for row in result["rows"]:
+        assert row["step_ms"] > 0 and row["tok_s"] > 0
+        assert row["steps"] >= 12  # one flush per decode step at least
+        assert row["events"] >= row["streams"]  # every request ends with its done event
+        assert len(row["top"]) == 5 and row["wait_ms"] >= 0
+    assert result["env"]["OLLAMA_NUM_PARALLEL"] == "3"

@@ -29,30 +29,21 @@ MAX_ROWS = BUCKETS[-1]
 ROWS = 4  # output rows per warp: each x load serves ROWS weight rows
 WARPS = 8  # per thread block
 
-_SOURCE = """
+# The accumulation loop, compiled twice: with 16-byte vector loads of the activations (any
+# fresh array) and with element loads (a view that starts inside a buffer). The kernel picks
+# one per launch, so neither carries the other's registers into its loop.
+_HEADER = """
+template <int BITS, int GROUP, int BM, int R, bool VEC, typename T, typename S>
+__device__ __forceinline__ void mlxd_qmv_accumulate(
+    const T* x, const uint32_t* w, const S* scales, const S* biases,
+    int M, int K, int n0, int lane, float (&acc)[BM][R]) {
     constexpr int VPW = 32 / BITS;  // values per packed 32-bit word
     constexpr uint32_t MASK = (1u << BITS) - 1u;
     struct alignas(VPW * sizeof(T) > 16 ? 16 : VPW * sizeof(T)) XVec {
         T v[VPW];
     };
-    const int M = x_shape[0];  // rows present: at most BM, the bucket compiled for
-    const int K = x_shape[1];
-    const int N = w_shape[0];
     const int words = K / VPW;
     const int groups = K / GROUP;
-    const int lane = threadIdx.x & 31;
-    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
-    if (n0 >= N) {
-        return;
-    }
-    float acc[BM][R];
-#pragma unroll
-    for (int m = 0; m < BM; ++m) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            acc[m][r] = 0.0f;
-        }
-    }
     for (int kw = lane; kw < words; kw += 32) {
         const int k = kw * VPW;
         const int g = k / GROUP;
@@ -73,12 +64,19 @@ _SOURCE = """
             if (m >= M) {
                 break;
             }
-            // One vector load of the VPW activations this word multiplies.
-            const XVec xr = *reinterpret_cast<const XVec*>(x + (size_t)m * K + k);
+            const T* xp = x + (size_t)m * K + k;
             float xv[VPW];
+            if constexpr (VEC) {
+                const XVec xr = *reinterpret_cast<const XVec*>(xp);
 #pragma unroll
-            for (int i = 0; i < VPW; ++i) {
-                xv[i] = static_cast<float>(xr.v[i]);
+                for (int i = 0; i < VPW; ++i) {
+                    xv[i] = static_cast<float>(xr.v[i]);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < VPW; ++i) {
+                    xv[i] = static_cast<float>(xp[i]);
+                }
             }
 #pragma unroll
             for (int r = 0; r < R; ++r) {
@@ -90,6 +88,38 @@ _SOURCE = """
                 acc[m][r] += dot;
             }
         }
+    }
+}
+"""
+
+_SOURCE = """
+    constexpr int VPW = 32 / BITS;
+    constexpr size_t XALIGN = VPW * sizeof(T) > 16 ? 16 : VPW * sizeof(T);
+    // x is (..., K): its leading dimensions are the rows, at most BM (the bucket compiled for).
+    const int K = x_shape[x_ndim - 1];
+    int M = 1;
+    for (int d = 0; d < x_ndim - 1; ++d) {
+        M *= x_shape[d];
+    }
+    const int N = w_shape[0];
+    const int lane = threadIdx.x & 31;
+    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
+    if (n0 >= N) {
+        return;
+    }
+    float acc[BM][R];
+#pragma unroll
+    for (int m = 0; m < BM; ++m) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            acc[m][r] = 0.0f;
+        }
+    }
+    // Rows start every K elements: with K a whole number of words, all are aligned when x is.
+    if (reinterpret_cast<size_t>(x) % XALIGN == 0) {
+        mlxd_qmv_accumulate<BITS, GROUP, BM, R, true>(x, w, scales, biases, M, K, n0, lane, acc);
+    } else {
+        mlxd_qmv_accumulate<BITS, GROUP, BM, R, false>(x, w, scales, biases, M, K, n0, lane, acc);
     }
 #pragma unroll
     for (int m = 0; m < BM; ++m) {
@@ -104,40 +134,61 @@ _SOURCE = """
                 v += __shfl_xor_sync(0xffffffffu, v, off);
             }
             if (lane == ((m * R + r) & 31)) {
-                out[(size_t)m * N + n0 + r] = static_cast<T>(v);
+                out[(size_t)m * N + n0 + r] = static_cast<T>(v + BIAS_OF(n0 + r));
             }
         }
     }
 """
 
-_compiled: Any = None
+# The layer's own bias (QuantizedLinear's ``bias``: Qwen's q/k/v projections) is added in
+# the kernel's epilogue, sparing one elementwise kernel per product.
+_BIAS_OF = {False: "#define BIAS_OF(n) 0.0f\n", True: "#define BIAS_OF(n) static_cast<float>(bias[n])\n"}
+_kernels: dict[bool, Any] = {}
 
 
-def _get_kernel() -> Any:
-    global _compiled
-    if _compiled is None:
-        _compiled = mx.fast.cuda_kernel(
-            name="mlxd_batched_qmv",
-            input_names=["x", "w", "scales", "biases"],
+def _get_kernel(with_bias: bool) -> Any:
+    kernel = _kernels.get(with_bias)
+    if kernel is None:
+        kernel = _kernels[with_bias] = mx.fast.cuda_kernel(
+            name="mlxd_batched_qmv_bias" if with_bias else "mlxd_batched_qmv",
+            input_names=["x", "w", "scales", "biases", "bias"]
+            if with_bias
+            else ["x", "w", "scales", "biases"],
             output_names=["out"],
-            source=_SOURCE,
+            source=_BIAS_OF[with_bias] + _SOURCE + "#undef BIAS_OF\n",
+            header=_HEADER,
         )
-    return _compiled
+    return kernel
 
 
 def batched_qmv(
-    x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bits: int, group_size: int
+    x: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    bits: int,
+    group_size: int,
+    bias: mx.array | None = None,
 ) -> mx.array:
-    """``x @ dequantize(w).T`` for ``x`` of shape (M, K), 1 ≤ M ≤ MAX_ROWS (CUDA only)."""
-    m, _ = x.shape
+    """``x @ dequantize(w).T (+ bias)`` for ``x`` of shape (..., K) with 1 to MAX_ROWS rows
+    (CUDA only). The output keeps ``x``'s leading shape: no reshapes around the kernel
+    (each is a graph node the host would build and encode every step)."""
+    shape = x.shape
     n = w.shape[0]
-    (out,) = _get_kernel()(
-        inputs=[x, w, scales, biases],
+    inputs = [x, w, scales, biases] if bias is None else [x, w, scales, biases, bias]
+    (out,) = _get_kernel(bias is not None)(
+        inputs=inputs,
         # One compiled kernel per bucket of rows (not per row count): compiling costs seconds.
-        template=[("T", x.dtype), ("BITS", bits), ("GROUP", group_size), ("BM", _bucket(m)), ("R", ROWS)],
+        template=[
+            ("T", x.dtype),
+            ("BITS", bits),
+            ("GROUP", group_size),
+            ("BM", _BUCKET_OF[x.size // shape[-1]]),
+            ("R", ROWS),
+        ],
         grid=((n + ROWS - 1) // ROWS * 32, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),
-        output_shapes=[(m, n)],
+        output_shapes=[(*shape[:-1], n)],
         output_dtypes=[x.dtype],
     )
     return out
@@ -164,9 +215,26 @@ STRATEGY = "auto"
 _choice: dict[int, str] = {}  # bucket → "stock" | "flat" | "kernel"
 
 
-def _stock(layer: Quantized, x: mx.array) -> mx.array:
-    return mx.quantized_matmul(
-        x,
+_HALF = (mx.bfloat16, mx.float16)
+_BUCKET_OF = [next((b for b in BUCKETS if b >= rows), 0) for rows in range(MAX_ROWS + 1)]
+
+
+def _product(layer: Quantized, x: mx.array, bias: mx.array | None = None) -> mx.array | None:
+    """The layer's product (plus ``bias``) for a few rows, or None where MLX's own path is
+    the one. Runs for every quantized layer of every batched step: kept lean on purpose."""
+    rows = x.size // x.shape[-1]
+    if not 2 <= rows <= MAX_ROWS or x.dtype not in _HALF:
+        return None
+    route = STRATEGY if STRATEGY != "auto" else _choice.get(_BUCKET_OF[rows], "stock")
+    if route == "kernel":
+        return batched_qmv(
+            x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size, bias
+        )
+    if route != "flat":
+        return None
+    k = x.shape[-1]
+    y = mx.quantized_matmul(
+        x.reshape(rows, k),
         layer["weight"],
         scales=layer["scales"],
         biases=layer["biases"],
@@ -174,40 +242,16 @@ def _stock(layer: Quantized, x: mx.array) -> mx.array:
         group_size=layer.group_size,
         bits=layer.bits,
     )
-
-
-def _kernel(layer: Quantized, x: mx.array) -> mx.array:
-    return batched_qmv(x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size)
-
-
-def _bucket(rows: int) -> int:
-    return next(b for b in BUCKETS if b >= rows)
-
-
-def _product(layer: Quantized, x: mx.array) -> mx.array | None:
-    """The layer's product for a few rows, or None where the stock path is the one."""
-    k = x.shape[-1]
-    rows = x.size // k
-    if not 2 <= rows <= MAX_ROWS or x.dtype not in (mx.bfloat16, mx.float16):
-        return None
-    route = STRATEGY if STRATEGY != "auto" else _choice.get(_bucket(rows), "stock")
-    if route == "stock":
-        return None
-    flat = x.reshape(rows, k)
-    y = _kernel(layer, flat) if route == "kernel" else _stock(layer, flat)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    y = y.reshape(*x.shape[:-1], y.shape[-1])
+    return y if bias is None else y + bias
 
 
 class BatchedQuantizedLinear(nn.QuantizedLinear):
     """A ``QuantizedLinear`` that sends few-row products to ``batched_qmv``."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        y = _product(self, x)
-        if y is None:
-            return super().__call__(x)
-        if "bias" in self:
-            y = y + self["bias"]
-        return y
+        y = _product(self, x, self.get("bias"))
+        return super().__call__(x) if y is None else y
 
 
 class BatchedQuantizedEmbedding(nn.QuantizedEmbedding):
