@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,11 +16,11 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
-def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
-    env = {**os.environ, "MLXD_BENCH_CACHE": str(tmp_path)}
-    argv = ["--model", "random:tiny", "--tokens", "8", "--prompt-tokens", "8", "--runs", "1"]
+def _run(module: str, argv: list[str], cache: Path) -> dict[str, Any]:
+    """Run ``python -m <module> <argv>`` and return the JSON object it prints last."""
+    env = {**os.environ, "MLXD_BENCH_CACHE": str(cache)}
     out = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", *argv],
+        [sys.executable, "-m", module, *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -27,7 +28,13 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    argv = ["--model", "random:tiny", "--tokens", "8", "--prompt-tokens", "8", "--runs", "1"]
+    result = _run("bench.overhead", argv, tmp_path)
     for key in ("native_tok_s", "server_tok_s", "overhead_pct", "native_ttft_ms", "server_ttft_ms"):
         assert isinstance(result[key], float) and result[key] == result[key], key
     assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
@@ -36,18 +43,8 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
 
 
 def test_worker_step_benchmark_times_the_decode_loop_and_profiles_it(tmp_path: Path) -> None:
-    env = {**os.environ, "MLXD_BENCH_CACHE": str(tmp_path)}
     argv = ["--model", "random:tiny", "--streams", "1,3", "--tokens", "12", "--profile", "5"]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.worker_step", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run("bench.worker_step", argv, tmp_path)
     assert [row["streams"] for row in result["rows"]] == [1, 3]
     for row in result["rows"]:
         assert row["step_ms"] > 0 and row["tok_s"] > 0
