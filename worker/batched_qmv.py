@@ -134,31 +134,26 @@ _SOURCE = """
                 v += __shfl_xor_sync(0xffffffffu, v, off);
             }
             if (lane == ((m * R + r) & 31)) {
-                out[(size_t)m * N + n0 + r] = static_cast<T>(v + BIAS_OF(n0 + r));
+                out[(size_t)m * N + n0 + r] = static_cast<T>(v);
             }
         }
     }
 """
 
-# The layer's own bias (QuantizedLinear's ``bias``: Qwen's q/k/v projections) is added in
-# the kernel's epilogue, sparing one elementwise kernel per product.
-_BIAS_OF = {False: "#define BIAS_OF(n) 0.0f\n", True: "#define BIAS_OF(n) static_cast<float>(bias[n])\n"}
-_kernels: dict[bool, Any] = {}
+_compiled: Any = None
 
 
-def _get_kernel(with_bias: bool) -> Any:
-    kernel = _kernels.get(with_bias)
-    if kernel is None:
-        kernel = _kernels[with_bias] = mx.fast.cuda_kernel(
-            name="mlxd_batched_qmv_bias" if with_bias else "mlxd_batched_qmv",
-            input_names=["x", "w", "scales", "biases", "bias"]
-            if with_bias
-            else ["x", "w", "scales", "biases"],
+def _get_kernel() -> Any:
+    global _compiled
+    if _compiled is None:
+        _compiled = mx.fast.cuda_kernel(
+            name="mlxd_batched_qmv",
+            input_names=["x", "w", "scales", "biases"],
             output_names=["out"],
-            source=_BIAS_OF[with_bias] + _SOURCE + "#undef BIAS_OF\n",
+            source=_SOURCE,
             header=_HEADER,
         )
-    return kernel
+    return _compiled
 
 
 def batched_qmv(
@@ -168,16 +163,14 @@ def batched_qmv(
     biases: mx.array,
     bits: int,
     group_size: int,
-    bias: mx.array | None = None,
 ) -> mx.array:
-    """``x @ dequantize(w).T (+ bias)`` for ``x`` of shape (..., K) with 1 to MAX_ROWS rows
+    """``x @ dequantize(w).T`` for ``x`` of shape (..., K) with 1 to MAX_ROWS rows
     (CUDA only). The output keeps ``x``'s leading shape: no reshapes around the kernel
     (each is a graph node the host would build and encode every step)."""
     shape = x.shape
     n = w.shape[0]
-    inputs = [x, w, scales, biases] if bias is None else [x, w, scales, biases, bias]
-    (out,) = _get_kernel(bias is not None)(
-        inputs=inputs,
+    (out,) = _get_kernel()(
+        inputs=[x, w, scales, biases],
         # One compiled kernel per bucket of rows (not per row count): compiling costs seconds.
         template=[
             ("T", x.dtype),
@@ -219,17 +212,15 @@ _HALF = (mx.bfloat16, mx.float16)
 _BUCKET_OF = [next((b for b in BUCKETS if b >= rows), 0) for rows in range(MAX_ROWS + 1)]
 
 
-def _product(layer: Quantized, x: mx.array, bias: mx.array | None = None) -> mx.array | None:
-    """The layer's product (plus ``bias``) for a few rows, or None where MLX's own path is
+def _product(layer: Quantized, x: mx.array) -> mx.array | None:
+    """The layer's product for a few rows, or None where MLX's own path is
     the one. Runs for every quantized layer of every batched step: kept lean on purpose."""
     rows = x.size // x.shape[-1]
     if not 2 <= rows <= MAX_ROWS or x.dtype not in _HALF:
         return None
     route = STRATEGY if STRATEGY != "auto" else _choice.get(_BUCKET_OF[rows], "stock")
     if route == "kernel":
-        return batched_qmv(
-            x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size, bias
-        )
+        return batched_qmv(x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size)
     if route != "flat":
         return None
     k = x.shape[-1]
@@ -242,16 +233,17 @@ def _product(layer: Quantized, x: mx.array, bias: mx.array | None = None) -> mx.
         group_size=layer.group_size,
         bits=layer.bits,
     )
-    y = y.reshape(*x.shape[:-1], y.shape[-1])
-    return y if bias is None else y + bias
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class BatchedQuantizedLinear(nn.QuantizedLinear):
     """A ``QuantizedLinear`` that sends few-row products to ``batched_qmv``."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        y = _product(self, x, self.get("bias"))
-        return super().__call__(x) if y is None else y
+        y = _product(self, x)
+        if y is None:
+            return super().__call__(x)
+        return y + self["bias"] if "bias" in self else y
 
 
 class BatchedQuantizedEmbedding(nn.QuantizedEmbedding):
