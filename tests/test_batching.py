@@ -132,6 +132,31 @@ def test_join_and_leave_mid_flight(generator: Any) -> None:
     assert rec.text(first["id"]) == alone(generator, first)[0]
 
 
+def test_one_slot_keeps_the_running_request_on_the_fast_path(
+    generator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With OLLAMA_NUM_PARALLEL=1 a request that arrives meanwhile cannot join, so the running
+    one is not moved into a batch (a slower path, for nothing): it finishes alone, with the
+    output it has alone, and the other stays queued for the worker's next turn."""
+    from worker import generation
+
+    def no_batch(*args: Any) -> None:
+        raise AssertionError("moved into a batch with one slot")
+
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "1")
+    monkeypatch.setattr(generation, "BatchRunner", no_batch)
+    first = command(PROMPTS[0], num_predict=8)
+    second = command(PROMPTS[1], num_predict=4)
+    rec = Recorder()
+    jobs = JobQueue()
+    jobs.put(second)  # type: ignore[arg-type]
+    generator.serve(first, jobs, rec, lambda rid: False)
+    assert rec.text(first["id"]) == alone(generator, first)[0]
+    assert rec.stats(first["id"])["eval_count"] == 8
+    assert jobs.take() == second
+    assert not rec.by_id[second["id"]]
+
+
 def test_cancel_frees_the_slot(generator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "2")
     long_a = command(PROMPTS[0], num_predict=40)

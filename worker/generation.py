@@ -93,8 +93,8 @@ class Generator:
         prompt = self.tokenizer.encode("Hello")[:4] or [0]
         for _ in generate_step(mx.array(prompt), self.model, max_tokens=2):
             pass
-        if mx.default_device() != mx.gpu:
-            return  # nothing is compiled per shape on the CPU
+        if mx.default_device() != mx.gpu or num_parallel() < 2:
+            return  # nothing is compiled per shape on the CPU; no batch runs with one slot
         # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
         # pay for the common sizes now rather than during the first concurrent requests.
         most = min(num_parallel(), batched_qmv.MAX_ROWS)
@@ -135,7 +135,9 @@ class Generator:
         seq = self.sequence(first, writer, cancelled)
         if seq is None:
             return
-        moved = self.run_alone(seq, jobs)
+        # One sequence at a time (OLLAMA_NUM_PARALLEL=1): nothing could join a batch, so the
+        # request keeps the fast path to its end and the next one waits in the queue.
+        moved = self.run_alone(seq, jobs if num_parallel() > 1 else NO_JOBS)
         if moved is not None:
             with self.batch_routing():
                 BatchRunner(self, writer, cancelled).run([moved], jobs)
