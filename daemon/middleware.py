@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
+from urllib.parse import quote
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
@@ -285,7 +286,9 @@ class TrailingSlashMiddleware:
         if _matches(routes, scope, path) or not _matches(routes, scope, path[:-1]):
             await self.app(scope, receive, send)
             return
-        location = path[:-1]
+        # The path arrives decoded: a header carries it percent-encoded (it may hold any
+        # character, and a header only Latin-1).
+        location = quote(path[:-1], safe="/!$&'()*+,;=:@-._~")
         query = scope.get("query_string", b"").decode("latin-1")
         if query:
             location += "?" + query

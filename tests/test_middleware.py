@@ -262,6 +262,14 @@ async def test_trailing_slash_redirects(local_app: Starlette) -> None:
     assert (await call(local_app, "HEAD", "/api/version/"))[0] == 307
 
 
+async def test_a_redirect_carries_any_path_percent_encoded(local_app: Starlette) -> None:
+    """The ASGI path is decoded text; a header can only carry Latin-1 (this was a 500)."""
+    status, headers, _ = await call(local_app, "POST", "/api/blobs/sha256:é\U0007a2c8 x/")
+    assert (status, headers["location"]) == (307, ["/api/blobs/sha256:%C3%A9%F1%BA%8B%88%20x"])
+    status, headers, _ = await call(local_app, "HEAD", "/api/blobs/<b>/")
+    assert (status, headers["location"]) == (307, ["/api/blobs/%3Cb%3E"])
+
+
 async def test_no_redirect_without_a_route_for_the_method(local_app: Starlette) -> None:
     assert (await call(local_app, "GET", "/api/chat/"))[:3:2] == (404, b"404 page not found")
     assert (await call(local_app, "POST", "/api/tags/"))[:3:2] == (404, b"404 page not found")
