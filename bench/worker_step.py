@@ -70,19 +70,19 @@ def _serve(generator: Any, streams: int, tokens: int, prompt_tokens: int) -> Cou
     return writer
 
 
-def _steady_step_ms(writer: CountingWriter, tokens: int) -> float:
+def _steady_step_ms(writer: CountingWriter) -> float:
     """Median flush interval over the middle of the run (after the joins, before the ends)."""
     gaps = [(b - a) * 1000 for a, b in zip(writer.flushes, writer.flushes[1:], strict=False)]
     start, end = len(gaps) // 4, max(len(gaps) * 3 // 4, len(gaps) // 4 + 1)
     return median(gaps[start:end]) if gaps else 0.0
 
 
-def _timed_mlx_calls() -> tuple[Any, Any]:
-    """Python stand-ins for ``mx.eval`` and ``mx.async_eval`` (cProfile does not see calls
-    into MLX's extension, so their time would count as their caller's): ``eval`` blocks
-    until the device is done, ``async_eval`` is where the host encodes the step's kernels."""
+def _profile(generator: Any, streams: int, tokens: int, prompt_tokens: int, top: int) -> dict[str, Any]:
     import mlx.core as mx
 
+    # Python stand-ins for ``mx.eval`` and ``mx.async_eval``: cProfile does not see calls into
+    # MLX's extension, so their time would count as their caller's. ``eval`` blocks until the
+    # device is done; ``async_eval`` is where the host encodes the step's kernels.
     real_eval, real_async = mx.eval, mx.async_eval
 
     def mlx_eval_wait(*args: Any) -> None:
@@ -91,15 +91,8 @@ def _timed_mlx_calls() -> tuple[Any, Any]:
     def mlx_async_eval_launch(*args: Any) -> None:
         real_async(*args)
 
-    return (real_eval, real_async), (mlx_eval_wait, mlx_async_eval_launch)
-
-
-def _profile(generator: Any, streams: int, tokens: int, prompt_tokens: int, top: int) -> dict[str, Any]:
-    import mlx.core as mx
-
-    (real_eval, real_async), (timed_eval, timed_async) = _timed_mlx_calls()
     profiler = cProfile.Profile()
-    mx.eval, mx.async_eval = timed_eval, timed_async
+    mx.eval, mx.async_eval = mlx_eval_wait, mlx_async_eval_launch
     try:
         profiler.enable()
         writer = _serve(generator, streams, tokens, prompt_tokens)
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     for streams in counts:
         _serve(generator, streams, 8, args.prompt_tokens)  # this shape's first run compiles
         writer = _serve(generator, streams, args.tokens, args.prompt_tokens)
-        step = _steady_step_ms(writer, args.tokens)
+        step = _steady_step_ms(writer)
         row: dict[str, Any] = {
             "streams": streams,
             "step_ms": round(step, 3),

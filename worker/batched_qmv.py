@@ -213,8 +213,8 @@ _BUCKET_OF = [next((b for b in BUCKETS if b >= rows), 0) for rows in range(MAX_R
 
 
 def _product(layer: Quantized, x: mx.array) -> mx.array | None:
-    """The layer's product for a few rows, or None where MLX's own path is
-    the one. Runs for every quantized layer of every batched step: kept lean on purpose."""
+    """The layer's product for a few rows, or None where MLX's own path is the one.
+    Runs for every quantized layer of every batched step: kept lean on purpose."""
     rows = x.size // x.shape[-1]
     if not 2 <= rows <= MAX_ROWS or x.dtype not in _HALF:
         return None

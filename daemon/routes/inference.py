@@ -271,21 +271,15 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
         return shape.final(text, final_fields(finished, total_ns, load_ns, shape.with_context))
 
     receive = call.request.receive
-    if request.render_only:
+    if request.render_only or not call.body.stream:
         try:
             collected = await until_disconnect(receive, lambda: _collect(events))
         finally:
             await release()
         if collected is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(shape.rendered(collected[0].content))
-    if not call.body.stream:
-        try:
-            collected = await until_disconnect(receive, lambda: _collect(events))
-        finally:
-            await release()
-        if collected is None:
-            return Response(status_code=CLIENT_CLOSED)
+        if request.render_only:  # one object, streamed request or not
+            return JSONResponse(shape.rendered(collected[0].content))
         return JSONResponse(final(*collected))
 
     try:
