@@ -133,13 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--profile", type=int, default=0, help="list the N costliest functions")
+    parser.add_argument(
+        "--route",
+        choices=("auto", "stock", "flat", "kernel"),
+        default="auto",
+        help="how a batch's quantized products run (CUDA; auto: as the load-time tune chose)",
+    )
     args = parser.parse_args(argv)
     counts = [int(s) for s in args.streams.split(",")]
     os.environ.setdefault("OLLAMA_NUM_PARALLEL", str(max(counts)))
 
+    from worker import batched_qmv
     from worker.generation import Generator
 
     generator = Generator(resolve_model(args.model))
+    batched_qmv.STRATEGY = args.route
     rows: list[dict[str, Any]] = []
     for streams in counts:
         _serve(generator, streams, 8, args.prompt_tokens)  # this shape's first run compiles
@@ -160,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "device": device_name(),
         "load_s": round(generator.load_seconds, 2),
+        "routes": {"tuned": batched_qmv.tuned(), "used": args.route},
         "env": {k: v for k, v in os.environ.items() if k.startswith(("MLX_", "MLXD_", "OLLAMA_NUM"))},
         "rows": rows,
     }

@@ -159,3 +159,39 @@ def test_the_kernel_route_takes_the_rows_as_they_come(monkeypatch: pytest.Monkey
     assert shapes == [(4, 1, 128)]
     assert y.shape == (4, 1, 64)
     assert mx.array_equal(y, mx.broadcast_to(model.proj["bias"], (4, 1, 64))).item()
+
+
+def test_products_with_few_output_rows_and_a_long_k_split_it_between_warps() -> None:
+    """A 7B's MLP down projection (3584 × 18944) would run 896 warps walking 2,368 words each:
+    it gets the most warps per rows; the gate/up products (18944 × 3584) fill the GPU as they
+    are; a split never leaves a warp fewer than two strides of words."""
+    assert batched_qmv.k_split(3584, 18944, 4) == batched_qmv.WARPS
+    assert batched_qmv.k_split(18944, 3584, 4) == 1
+    assert batched_qmv.k_split(152064, 3584, 4) == 1  # an output projection
+    assert batched_qmv.k_split(3584, 3584, 4) == 4  # 448 words: 4 warps walk 3.5 strides each
+    assert batched_qmv.k_split(512, 3584, 4) == 4
+    assert batched_qmv.k_split(64, 128, 4) == 1  # 16 words: nothing to split
+    for n, k, bits in [(3584, 18944, 4), (512, 896, 8), (4864, 896, 4), (64, 4096, 2)]:
+        split = batched_qmv.k_split(n, k, bits)
+        assert batched_qmv.WARPS % split == 0  # a block holds whole groups of warps
+        assert split == 1 or k * bits // 32 // (32 * split) >= 2
+
+
+def test_the_tune_times_steps_on_the_caches_a_batch_runs_on(tiny_model_dir: Path) -> None:
+    """A batch decodes on mlx-lm's ``BatchKVCache`` (masked attention, per-row offsets), so
+    the tune times that, not a single sequence's plain cache."""
+    from mlx_lm import load
+    from mlx_lm.models.cache import BatchKVCache
+
+    model = load(str(tiny_model_dir))[0]
+    seen: set[type] = set()
+    real = type(model).__call__
+
+    class Spy(type(model)):  # type: ignore[misc]
+        def __call__(self, inputs: mx.array, cache: Any = None, **kwargs: Any) -> mx.array:
+            seen.update(type(c) for c in cache)
+            return real(self, inputs, cache=cache, **kwargs)
+
+    model.__class__ = Spy
+    assert batched_qmv._time_step(model, rows=3, steps=2) > 0
+    assert seen == {BatchKVCache}

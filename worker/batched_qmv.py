@@ -5,8 +5,12 @@ CUDA backend (0.32) runs that product as B matrix-vector products, dequantizing 
 weight B times, so a step of 8 sequences on a 7B model costs ~5× a step of one (measured
 with ``python -m bench.batch_step``), where the weights' memory traffic should make them
 cost about the same. This kernel dequantizes each packed weight word once and applies it
-to all B vectors: one warp per ``ROWS`` output rows, lanes striding over the packed words
+to all B vectors: ``ROWS`` output rows per warp, lanes striding over the packed words
 (coalesced loads), ``B × ROWS`` float accumulators per lane, a warp reduction at the end.
+Where a product has few output rows and a long K (an MLP's down projection), up to
+``WARPS`` warps share the same rows, each taking a stretch of K, and add their sums in
+shared memory (``k_split``): without it such a product runs a few hundred warps, each
+walking thousands of words, and leaves most of the GPU idle.
 
 Only used on CUDA, for affine 2/4/8-bit weights, with 2 ≤ B ≤ ``MAX_ROWS``; everything
 else (one sequence, prefill, Metal, CPU) stays on ``mx.quantized_matmul``.
@@ -36,7 +40,7 @@ _HEADER = """
 template <int BITS, int GROUP, int BM, int R, bool VEC, typename T, typename S>
 __device__ __forceinline__ void mlxd_qmv_accumulate(
     const T* x, const uint32_t* w, const S* scales, const S* biases,
-    int M, int K, int n0, int lane, float (&acc)[BM][R]) {
+    int M, int K, int n0, int first, int stride, float (&acc)[BM][R]) {
     constexpr int VPW = 32 / BITS;  // values per packed 32-bit word
     constexpr uint32_t MASK = (1u << BITS) - 1u;
     struct alignas(VPW * sizeof(T) > 16 ? 16 : VPW * sizeof(T)) XVec {
@@ -44,7 +48,7 @@ __device__ __forceinline__ void mlxd_qmv_accumulate(
     };
     const int words = K / VPW;
     const int groups = K / GROUP;
-    for (int kw = lane; kw < words; kw += 32) {
+    for (int kw = first; kw < words; kw += stride) {
         const int k = kw * VPW;
         const int g = k / GROUP;
         float wv[R][VPW];
@@ -103,10 +107,11 @@ _SOURCE = """
     }
     const int N = w_shape[0];
     const int lane = threadIdx.x & 31;
-    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
-    if (n0 >= N) {
-        return;
-    }
+    const int warp = threadIdx.x >> 5;
+    // KS consecutive warps share R output rows, each taking every KS-th stretch of words.
+    const int part = warp % KS;
+    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) / (32 * KS)) * R;
+    const bool active = n0 < N;  // no early return: the block meets at a barrier below
     float acc[BM][R];
 #pragma unroll
     for (int m = 0; m < BM; ++m) {
@@ -115,12 +120,19 @@ _SOURCE = """
             acc[m][r] = 0.0f;
         }
     }
-    // Rows start every K elements: with K a whole number of words, all are aligned when x is.
-    if (reinterpret_cast<size_t>(x) % XALIGN == 0) {
-        mlxd_qmv_accumulate<BITS, GROUP, BM, R, true>(x, w, scales, biases, M, K, n0, lane, acc);
-    } else {
-        mlxd_qmv_accumulate<BITS, GROUP, BM, R, false>(x, w, scales, biases, M, K, n0, lane, acc);
+    if (active) {
+        // Rows start every K elements: with K a whole number of words, all are aligned when x is.
+        const int first = part * 32 + lane;
+        const int stride = 32 * KS;
+        if (reinterpret_cast<size_t>(x) % XALIGN == 0) {
+            mlxd_qmv_accumulate<BITS, GROUP, BM, R, true>(
+                x, w, scales, biases, M, K, n0, first, stride, acc);
+        } else {
+            mlxd_qmv_accumulate<BITS, GROUP, BM, R, false>(
+                x, w, scales, biases, M, K, n0, first, stride, acc);
+        }
     }
+    __shared__ float partial[KS > 1 ? NW : 1][BM][R];
 #pragma unroll
     for (int m = 0; m < BM; ++m) {
         if (m >= M) {
@@ -134,7 +146,36 @@ _SOURCE = """
                 v += __shfl_xor_sync(0xffffffffu, v, off);
             }
             if (lane == ((m * R + r) & 31)) {
-                out[(size_t)m * N + n0 + r] = static_cast<T>(v);
+                if constexpr (KS == 1) {
+                    if (active) {
+                        out[(size_t)m * N + n0 + r] = static_cast<T>(v);
+                    }
+                } else {
+                    partial[warp][m][r] = v;
+                }
+            }
+        }
+    }
+    if constexpr (KS > 1) {
+        __syncthreads();
+        if (part != 0 || !active) {
+            return;
+        }
+#pragma unroll
+        for (int m = 0; m < BM; ++m) {
+            if (m >= M) {
+                break;
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (lane == ((m * R + r) & 31)) {
+                    float v = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < KS; ++j) {
+                        v += partial[warp + j][m][r];
+                    }
+                    out[(size_t)m * N + n0 + r] = static_cast<T>(v);
+                }
             }
         }
     }
@@ -156,6 +197,22 @@ def _get_kernel() -> Any:
     return _compiled
 
 
+def k_split(n: int, k: int, bits: int) -> int:
+    """Warps that share each ``ROWS`` output rows, splitting K between them: as many as keep
+    the GPU's warp slots filled (a product with few output rows and a long K, such as an MLP's
+    down projection, would otherwise run a few hundred warps walking thousands of words each)
+    while each still walks a few stretches of words."""
+    words = k * bits // 32
+    warps = -(-n // ROWS)
+    split = 1
+    while split < WARPS and warps * split * 2 <= _TARGET_WARPS and words // (64 * split) >= 2:
+        split *= 2
+    return split
+
+
+_TARGET_WARPS = 8192  # about what an H100/H200 holds at once (132 SMs × 64)
+
+
 def batched_qmv(
     x: mx.array,
     w: mx.array,
@@ -163,12 +220,16 @@ def batched_qmv(
     biases: mx.array,
     bits: int,
     group_size: int,
+    split: int | None = None,
 ) -> mx.array:
     """``x @ dequantize(w).T`` for ``x`` of shape (..., K) with 1 to MAX_ROWS rows
     (CUDA only). The output keeps ``x``'s leading shape: no reshapes around the kernel
-    (each is a graph node the host would build and encode every step)."""
+    (each is a graph node the host would build and encode every step). ``split``: warps per
+    output rows (``k_split``'s choice unless given)."""
     shape = x.shape
     n = w.shape[0]
+    if split is None:
+        split = k_split(n, shape[-1], bits)
     (out,) = _get_kernel()(
         inputs=[x, w, scales, biases],
         # One compiled kernel per bucket of rows (not per row count): compiling costs seconds.
@@ -178,8 +239,10 @@ def batched_qmv(
             ("GROUP", group_size),
             ("BM", _BUCKET_OF[x.size // shape[-1]]),
             ("R", ROWS),
+            ("KS", split),
+            ("NW", WARPS),
         ],
-        grid=((n + ROWS - 1) // ROWS * 32, 1, 1),
+        grid=((n + ROWS - 1) // ROWS * 32 * split, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),
         output_shapes=[(*shape[:-1], n)],
         output_dtypes=[x.dtype],
@@ -221,8 +284,8 @@ def _product(layer: Quantized, x: mx.array) -> mx.array | None:
     route = STRATEGY if STRATEGY != "auto" else _choice.get(_BUCKET_OF[rows], "stock")
     if route == "kernel":
         return batched_qmv(x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size)
-    if route != "flat":
-        return None
+    if route != "flat" or x.shape[-2] == rows:
+        return None  # MLX's own path; or rows already on the second-to-last axis, its 2-D one
     k = x.shape[-1]
     y = mx.quantized_matmul(
         x.reshape(rows, k),
@@ -318,13 +381,20 @@ def tune(model: nn.Module, max_rows: int, steps: int = 12) -> dict[int, str]:
     return dict(_choice)
 
 
+def tuned() -> dict[int, str]:
+    """What ``tune`` chose per bucket ({} before it ran, or off CUDA)."""
+    return dict(_choice)
+
+
 def _time_step(model: nn.Module, rows: int, steps: int) -> float:
     """Seconds per decode step of ``rows`` sequences: steps chained and evaluated ahead as
     generation runs them (a per-step sync would time launch latency, not the step), best
     of two runs, after a warm-up that compiles what the shape needs."""
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
     cache = make_prompt_cache(model)
+    if all(type(c) is KVCache for c in cache):
+        cache = [BatchKVCache([0] * rows) for _ in cache]  # what a batch of these runs on
     mx.eval(model(mx.zeros((rows, 4), dtype=mx.int32), cache=cache))
     tokens = mx.zeros((rows, 1), dtype=mx.int32)
 

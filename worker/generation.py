@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from worker import batched_qmv, protocol
+from worker import batched_attention, batched_qmv, protocol
 from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved, num_parallel
 from worker.constrained import Constraints
 from worker.prefix_cache import PrefixCache
@@ -118,9 +118,15 @@ class Generator:
                 batch.close()
         mx.clear_cache()  # the warm-up's buffers are not the ones requests will need
 
-    def batch_routing(self) -> AbstractContextManager[int]:
-        """While a batch runs: few-row products routed through ``batched_qmv`` (CUDA)."""
-        return batched_qmv.installed(self.model) if self.batched_qmv else nullcontext(0)
+    @contextmanager
+    def batch_routing(self) -> Iterator[int]:
+        """While a batch runs (CUDA): few-row products routed through ``batched_qmv``, decode
+        attention through ``batched_attention``; the number of modules switched."""
+        with ExitStack() as stack:
+            routed = stack.enter_context(batched_qmv.installed(self.model)) if self.batched_qmv else 0
+            if batched_attention.enabled():
+                routed += stack.enter_context(batched_attention.installed(self.model))
+            yield routed
 
     def run(self, command: GenerateCommand, writer: EventWriter, cancelled: Callable[[], bool]) -> None:
         """Generate for one command by itself."""
