@@ -121,12 +121,12 @@ class Generator:
     @contextmanager
     def batch_routing(self) -> Iterator[int]:
         """While a batch runs (CUDA): few-row products routed through ``batched_qmv``, decode
-        attention through ``batched_attention``; the number of modules switched."""
+        attention through ``batched_attention``; the number of quantized layers routed (what
+        the load-time tune measures)."""
         with ExitStack() as stack:
-            routed = stack.enter_context(batched_qmv.installed(self.model)) if self.batched_qmv else 0
             if batched_attention.enabled():
-                routed += stack.enter_context(batched_attention.installed(self.model))
-            yield routed
+                stack.enter_context(batched_attention.installed(self.model))
+            yield stack.enter_context(batched_qmv.installed(self.model)) if self.batched_qmv else 0
 
     def run(self, command: GenerateCommand, writer: EventWriter, cancelled: Callable[[], bool]) -> None:
         """Generate for one command by itself."""
