@@ -24,6 +24,7 @@ import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import mlx.core as mx
@@ -129,20 +130,17 @@ _SOURCE = """
     }
 """
 
-_kernel: Any = None
 
-
+@cache
 def _get_kernel() -> Any:
-    global _kernel
-    if _kernel is None:
-        _kernel = mx.fast.cuda_kernel(
-            name="mlxd_batched_decode_attention",
-            input_names=["q", "k", "v", "left_padding"],
-            output_names=["out"],
-            source=_SOURCE,
-            ensure_row_contiguous=False,  # the cache is read in place, through its strides
-        )
-    return _kernel
+    """The kernel, built once per process (MLX compiles it per template on first use)."""
+    return mx.fast.cuda_kernel(
+        name="mlxd_batched_decode_attention",
+        input_names=["q", "k", "v", "left_padding"],
+        output_names=["out"],
+        source=_SOURCE,
+        ensure_row_contiguous=False,  # the cache is read in place, through its strides
+    )
 
 
 def decode_attention(

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import mlx.core as mx
@@ -181,20 +182,17 @@ _SOURCE = """
     }
 """
 
-_compiled: Any = None
 
-
+@cache
 def _get_kernel() -> Any:
-    global _compiled
-    if _compiled is None:
-        _compiled = mx.fast.cuda_kernel(
-            name="mlxd_batched_qmv",
-            input_names=["x", "w", "scales", "biases"],
-            output_names=["out"],
-            source=_SOURCE,
-            header=_HEADER,
-        )
-    return _compiled
+    """The kernel, built once per process (MLX compiles it per template on first use)."""
+    return mx.fast.cuda_kernel(
+        name="mlxd_batched_qmv",
+        input_names=["x", "w", "scales", "biases"],
+        output_names=["out"],
+        source=_SOURCE,
+        header=_HEADER,
+    )
 
 
 def k_split(n: int, k: int, bits: int) -> int:
