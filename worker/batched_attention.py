@@ -188,7 +188,7 @@ def applies(queries: mx.array, keys: mx.array, cache: Any, mask: Any, sinks: Any
     return (
         type(cache) is BatchKVCache
         and sinks is None
-        and cache._right_padding is None
+        and getattr(cache, "_right_padding", None) is None  # right padding: mid-prefill only
         and (mask is None or isinstance(mask, mx.array))
         and kernel_applies(queries, keys)
     )
