@@ -150,21 +150,26 @@ def decode_attention(
 
     ``queries`` (B, Hq, 1, D), ``keys``/``values`` (B, Hkv, L, D), ``left_padding`` (B,)
     integers; returns (B, Hq, 1, D) in the queries' dtype (CUDA only)."""
+    (out,) = _get_kernel()(inputs=[queries, keys, values, left_padding], **launch(queries, scale))
+    return out
+
+
+def launch(queries: mx.array, scale: float) -> dict[str, Any]:
+    """The kernel's launch for these queries: template, grid, block, output (the tests run
+    the same launch on the CPU through an emulation of CUDA)."""
     batch, heads, _, dim = queries.shape
-    (out,) = _get_kernel()(
-        inputs=[queries, keys, values, left_padding],
-        template=[
+    return {
+        "template": [
             ("T", queries.dtype),
             ("D", dim),
             ("WARPS", WARPS),
             ("SCALE_BITS", struct.unpack("<i", struct.pack("<f", scale))[0]),
         ],
-        grid=(batch * heads * WARPS * 32, 1, 1),
-        threadgroup=(WARPS * 32, 1, 1),
-        output_shapes=[queries.shape],
-        output_dtypes=[queries.dtype],
-    )
-    return out
+        "grid": (batch * heads * WARPS * 32, 1, 1),
+        "threadgroup": (WARPS * 32, 1, 1),
+        "output_shapes": [queries.shape],
+        "output_dtypes": [queries.dtype],
+    }
 
 
 _HALF = (mx.bfloat16, mx.float16)

@@ -224,14 +224,20 @@ def batched_qmv(
     (CUDA only). The output keeps ``x``'s leading shape: no reshapes around the kernel
     (each is a graph node the host would build and encode every step). ``split``: warps per
     output rows (``k_split``'s choice unless given)."""
+    (out,) = _get_kernel()(inputs=[x, w, scales, biases], **launch(x, w, bits, group_size, split))
+    return out
+
+
+def launch(x: mx.array, w: mx.array, bits: int, group_size: int, split: int | None = None) -> dict[str, Any]:
+    """The kernel's launch for these operands: template, grid, block, output (the tests run
+    the same launch on the CPU through an emulation of CUDA)."""
     shape = x.shape
     n = w.shape[0]
     if split is None:
         split = k_split(n, shape[-1], bits)
-    (out,) = _get_kernel()(
-        inputs=[x, w, scales, biases],
+    return {
         # One compiled kernel per bucket of rows (not per row count): compiling costs seconds.
-        template=[
+        "template": [
             ("T", x.dtype),
             ("BITS", bits),
             ("GROUP", group_size),
@@ -240,12 +246,11 @@ def batched_qmv(
             ("KS", split),
             ("NW", WARPS),
         ],
-        grid=((n + ROWS - 1) // ROWS * 32 * split, 1, 1),
-        threadgroup=(WARPS * 32, 1, 1),
-        output_shapes=[(*shape[:-1], n)],
-        output_dtypes=[x.dtype],
-    )
-    return out
+        "grid": ((n + ROWS - 1) // ROWS * 32 * split, 1, 1),
+        "threadgroup": (WARPS * 32, 1, 1),
+        "output_shapes": [(*shape[:-1], n)],
+        "output_dtypes": [x.dtype],
+    }
 
 
 Quantized = nn.QuantizedLinear | nn.QuantizedEmbedding
