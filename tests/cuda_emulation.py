@@ -187,7 +187,8 @@ def _emulated_asm(text: str) -> str:
         kind = "true" if ".bf16.bf16." in match.group(0) else "false"
         return f"emu_mma({kind}, c, a, b0, b1);"
 
-    return re.sub(r"asm volatile\(\s*\"mma\.sync[^;]*?\);", call, text, flags=re.S)
+    # The statement ends at its last operand, ``"r"(b1));`` (the PTX text has ';' of its own).
+    return re.sub(r'asm volatile\(\s*"mma\.sync.*?"r"\(b1\)\);', call, text, flags=re.S)
 
 
 def _to_numpy(array: mx.array) -> np.ndarray:
