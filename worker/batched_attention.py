@@ -19,7 +19,6 @@ mlx-lm's ``scaled_dot_product_attention`` unchanged. Installed only while a batc
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import base
 from mlx_lm.models.cache import BatchKVCache
+
+from worker.env import switch
 
 # Warps per block, each striding over the keys, then merged: a block's keys are read by 16
 # warps at once (4 warps were latency-bound: 3-4x slower at 160 keys, 8x at 4,200).
@@ -163,13 +164,19 @@ def launch(queries: mx.array, scale: float) -> dict[str, Any]:
             ("T", queries.dtype),
             ("D", dim),
             ("WARPS", WARPS),
-            ("SCALE_BITS", struct.unpack("<i", struct.pack("<f", scale))[0]),
+            ("SCALE_BITS", _float_bits(scale)),
         ],
         "grid": (batch * heads * WARPS * 32, 1, 1),
         "threadgroup": (WARPS * 32, 1, 1),
         "output_shapes": [queries.shape],
         "output_dtypes": [queries.dtype],
     }
+
+
+@cache  # one scale per model, asked for by every layer of every batched step
+def _float_bits(value: float) -> int:
+    """A float32's bits as an int (a template argument can only be an integer)."""
+    return int(struct.unpack("<i", struct.pack("<f", value))[0])
 
 
 _HALF = (mx.bfloat16, mx.float16)
@@ -229,7 +236,7 @@ def _model_modules(model: nn.Module) -> list[Any]:
 
 def enabled() -> bool:
     """Unless ``MLXD_BATCHED_ATTENTION=0`` (the switch itself only acts on CUDA)."""
-    return os.environ.get("MLXD_BATCHED_ATTENTION", "1").strip().lower() not in ("0", "false", "no", "off")
+    return switch("MLXD_BATCHED_ATTENTION")
 
 
 @contextmanager

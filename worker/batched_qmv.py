@@ -19,7 +19,6 @@ else (one sequence, prefill, Metal, CPU) stays on ``mx.quantized_matmul``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from worker.env import switch
 
 BUCKETS = (2, 4, 8, 16)  # row counts the kernel is compiled for (a batch of 3 runs as 4's)
 MAX_ROWS = BUCKETS[-1]
@@ -195,6 +196,10 @@ def _get_kernel() -> Any:
     )
 
 
+_TARGET_WARPS = 8192  # about what an H100/H200 holds at once (132 SMs × 64)
+
+
+@cache  # called for every product of every batched step: a lookup, not a loop, after the first
 def k_split(n: int, k: int, bits: int) -> int:
     """Warps that share each ``ROWS`` output rows, splitting K between them: as many as keep
     the GPU's warp slots filled (a product with few output rows and a long K, such as an MLP's
@@ -206,9 +211,6 @@ def k_split(n: int, k: int, bits: int) -> int:
     while split < WARPS and warps * split * 2 <= _TARGET_WARPS and words // (64 * split) >= 2:
         split *= 2
     return split
-
-
-_TARGET_WARPS = 8192  # about what an H100/H200 holds at once (132 SMs × 64)
 
 
 def batched_qmv(
@@ -328,9 +330,7 @@ _SWAPS: dict[type, type] = {
 
 def enabled() -> bool:
     """On CUDA unless ``MLXD_BATCHED_QMV=0``."""
-    if os.environ.get("MLXD_BATCHED_QMV", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return bool(mx.cuda.is_available()) and mx.default_device() == mx.gpu
+    return switch("MLXD_BATCHED_QMV") and bool(mx.cuda.is_available()) and mx.default_device() == mx.gpu
 
 
 def install(model: nn.Module, force: bool = False) -> int:

@@ -22,6 +22,8 @@ from mlx_lm.models.cache import (
     trim_prompt_cache,
 )
 
+from worker.env import switch
+
 DEFAULT_ENTRIES = 8
 # Half the machine's memory at most, and never more than 8 GiB, for cached KV state.
 DEFAULT_BYTES = 8 << 30
@@ -37,7 +39,7 @@ class CacheHit:
 class PrefixCache:
     def __init__(self, model: Any, entries: int | None = None, max_bytes: int = DEFAULT_BYTES) -> None:
         self.model = model
-        self.enabled = os.environ.get("MLXD_PROMPT_CACHE", "1").strip() not in ("0", "false", "no", "off")
+        self.enabled = switch("MLXD_PROMPT_CACHE")
         size = (
             entries if entries is not None else int(os.environ.get("MLXD_PROMPT_CACHE_SIZE", DEFAULT_ENTRIES))
         )

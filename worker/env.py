@@ -1,0 +1,13 @@
+"""The worker's on/off switches from the environment (``MLXD_PROMPT_CACHE``,
+``MLXD_BATCHED_QMV``, ``MLXD_BATCHED_ATTENTION``): on unless set to 0, false, no or off."""
+
+from __future__ import annotations
+
+import os
+
+_OFF = ("0", "false", "no", "off")
+
+
+def switch(name: str) -> bool:
+    """Whether the switch ``name`` is on (unset counts as on; any letter case)."""
+    return os.environ.get(name, "1").strip().lower() not in _OFF
