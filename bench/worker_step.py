@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, default=0, help="list the N costliest functions")
     parser.add_argument(
         "--route",
-        choices=("auto", "stock", "flat", "kernel"),
+        choices=("auto", "stock", "flat", "kernel", "mma"),
         default="auto",
         help="how a batch's quantized products run (CUDA; auto: as the load-time tune chose)",
     )

@@ -103,7 +103,7 @@ def test_auto_routes_by_the_tuned_bucket() -> None:
 
 def test_tune_measures_every_bucket_up_to_the_batch_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, int]] = []
-    cost = {"stock": 1.0, "flat": 0.5, "kernel": 0.97}
+    cost = {"stock": 1.0, "flat": 0.5, "kernel": 0.97, "mma": 0.98}
 
     def fake_time(model: nn.Module, rows: int, steps: int) -> float:
         seen.append((batched_qmv.STRATEGY, rows))
@@ -195,3 +195,47 @@ def test_the_tune_times_steps_on_the_caches_a_batch_runs_on(tiny_model_dir: Path
     model.__class__ = Spy
     assert batched_qmv._time_step(model, rows=3, steps=2) > 0
     assert seen == {BatchKVCache}
+
+
+def test_the_mma_route_takes_4_bit_weights_and_leaves_the_rest_to_the_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker import batched_mma
+
+    calls: list[str] = []
+
+    def fake(name: str) -> Any:
+        def product(x: mx.array, w: mx.array, *rest: Any, **kwargs: Any) -> mx.array:
+            calls.append(name)
+            return mx.zeros((*x.shape[:-1], w.shape[0]), dtype=x.dtype)
+
+        return product
+
+    monkeypatch.setattr(batched_mma, "batched_mma", fake("mma"))
+    monkeypatch.setattr(batched_qmv, "batched_qmv", fake("kernel"))
+    monkeypatch.setattr(batched_qmv, "STRATEGY", "mma")
+    four = _quantized()
+    eight = Tiny()
+    nn.quantize(eight, group_size=64, bits=8, class_predicate=lambda _, m: isinstance(m, nn.Linear))
+    eight.set_dtype(mx.bfloat16)
+    x = mx.ones((4, 1, 128), dtype=mx.bfloat16)
+    assert batched_qmv._product(four.proj, x) is not None
+    assert batched_qmv._product(eight.proj, x) is not None
+    assert calls == ["mma", "kernel"]
+
+
+def test_the_mma_kernel_takes_whole_tiles_of_4_bit_weights() -> None:
+    from worker import batched_mma
+
+    def packed(n: int, k: int, bits: int = 4) -> mx.array:
+        return mx.zeros((n, k * bits // 32), dtype=mx.uint32)
+
+    assert batched_mma.supported(packed(3584, 18944), 4, 64)
+    assert batched_mma.supported(packed(512, 896), 4, 32)
+    assert not batched_mma.supported(packed(3584, 3584, 8), 8, 64)  # 8-bit
+    assert not batched_mma.supported(packed(3580, 3584), 4, 64)  # N not whole tiles of 16
+    assert not batched_mma.supported(packed(512, 880), 4, 16)  # K not whole steps of 32
+    assert not batched_mma.supported(packed(512, 896), 4, 64, mode="mxfp4")
+    assert batched_mma.k_split(3584, 18944) == batched_mma.WARPS  # down projection: 224 tiles
+    assert batched_mma.k_split(18944, 3584) == 4
+    assert batched_mma.k_split(16, 64) == 1  # two steps of K: nothing to split

@@ -17,7 +17,7 @@ import mlx.core as mx
 import pytest
 
 from tests import cuda_emulation
-from worker import batched_attention, batched_qmv
+from worker import batched_attention, batched_mma, batched_qmv
 
 pytestmark = pytest.mark.skipif(cuda_emulation.compiler() is None, reason="no C++20 compiler")
 
@@ -88,3 +88,24 @@ def test_decode_attention_skips_each_rows_padding(dtype: mx.Dtype, workdir: Path
     # The last row attends to its one key only: its output is that key's value.
     one = mx.repeat(v[2:3, :, 36:37, :], heads // kv_heads, axis=1)
     assert _relative_error(got[2:3], one) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("rows", "dtype", "split"),
+    [(1, mx.bfloat16, 1), (3, mx.float16, 2), (8, mx.bfloat16, 4), (11, mx.bfloat16, 2), (16, mx.float16, 8)],
+)
+def test_the_tensor_core_product_is_mlx_s(rows: int, dtype: mx.Dtype, split: int, workdir: Path) -> None:
+    k, n = 512, 48
+    x = mx.random.normal((rows, 1, k), key=mx.random.key(rows)).astype(dtype)
+    w = mx.random.normal((n, k), key=mx.random.key(11)) * 0.05
+    wq, scales, biases = mx.quantize(w.astype(dtype), group_size=64, bits=4)
+    (got,) = cuda_emulation.run(
+        header=batched_mma._HEADER,
+        source=batched_mma._SOURCE,
+        inputs={"x": x, "w": wq, "scales": scales, "biases": biases},
+        workdir=workdir,
+        **batched_mma.launch(x, wq, 64, split),
+    )
+    weights = mx.dequantize(wq, scales, biases, group_size=64, bits=4).astype(mx.float32)
+    assert got.shape == (rows, 1, n)
+    assert _relative_error(got, x.astype(mx.float32) @ weights.T) < 0.01

@@ -28,6 +28,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from worker import batched_mma
 from worker.env import switch
 
 BUCKETS = (2, 4, 8, 16)  # row counts the kernel is compiled for (a batch of 3 runs as 4's)
@@ -270,10 +271,11 @@ def supported(layer: Quantized) -> bool:
 
 # How few-row products run: "stock" (MLX unchanged: a (B, 1, K) input runs as B
 # matrix-vector products), "flat" (MLX's matmul on the rows flattened to 2-D, which lets it
-# pick its tensor-core kernel from 8 rows), "kernel" (``batched_qmv``), or "auto": what
+# pick its tensor-core kernel from 8 rows), "kernel" (``batched_qmv``), "mma" (``batched_mma``
+# where the weights are 4-bit, the kernel elsewhere), or "auto": what
 # ``tune`` measured fastest for the batch's bucket. Benchmarks switch it.
 STRATEGY = "auto"
-_choice: dict[int, str] = {}  # bucket → "stock" | "flat" | "kernel"
+_choice: dict[int, str] = {}  # bucket → "stock" | "flat" | "kernel" | "mma"
 
 
 _HALF = (mx.bfloat16, mx.float16)
@@ -287,7 +289,11 @@ def _product(layer: Quantized, x: mx.array) -> mx.array | None:
     if not 2 <= rows <= MAX_ROWS or x.dtype not in _HALF:
         return None
     route = STRATEGY if STRATEGY != "auto" else _choice.get(_BUCKET_OF[rows], "stock")
-    if route == "kernel":
+    if route == "mma" and batched_mma.supported(
+        layer["weight"], layer.bits, layer.group_size, getattr(layer, "mode", "affine")
+    ):
+        return batched_mma.batched_mma(x, layer["weight"], layer["scales"], layer["biases"], layer.group_size)
+    if route in ("kernel", "mma"):  # the tensor-core kernel takes 4-bit weights only
         return batched_qmv(x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size)
     if route != "flat" or x.shape[-2] == rows:
         return None  # MLX's own path; or rows already on the second-to-last axis, its 2-D one
@@ -373,7 +379,7 @@ def tune(model: nn.Module, max_rows: int, steps: int = 12) -> dict[int, str]:
     global STRATEGY
     for bucket in [b for b in BUCKETS if b <= max(max_rows, 2)]:
         timings: dict[str, float] = {}
-        for route in ("stock", "flat", "kernel"):
+        for route in ("stock", "flat", "kernel", "mma"):
             STRATEGY = route
             try:
                 timings[route] = _time_step(model, bucket, steps)
