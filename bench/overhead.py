@@ -5,8 +5,9 @@
 Native: ``generate_step`` in this process, greedy, timed per token. Server: a real
 ``mlxd serve`` + worker, ``/api/generate`` (raw, greedy) streamed over HTTP and timed
 from the client: TTFT from sending the request to the first chunk, decode speed from the
-first to the last chunk. Both sides make exactly ``--tokens`` tokens (random models cannot
-emit their end-of-sequence token). Prints one JSON object.
+first to the last chunk. The two take turns against one running daemon (an idle worker
+uses no CPU), each round in the other order than the last. Both sides make exactly
+``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -23,38 +24,37 @@ import orjson
 from bench.harness import common_args, daemon, device_name, emit, median, prompt_text, resolve_model
 
 
-def native_runs(model_dir: Path, prompt: str, tokens: int, runs: int) -> tuple[list[float], list[float], int]:
-    """(tok/s per run, TTFT ms per run, prompt tokens) for mlx-lm in this process."""
-    import mlx.core as mx
-    from mlx_lm import load
-    from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_sampler
+class Native:
+    """mlx-lm's ``generate_step`` in this process, greedy, on the model the daemon serves."""
 
-    model, tokenizer = load(str(model_dir))[:2]
-    ids = mx.array(tokenizer.encode(prompt))
-    sampler = make_sampler(temp=0.0)
-    speeds, ttfts = [], []
-    for run in range(runs + 1):  # the first run warms the kernels up, as the worker does at load
+    def __init__(self, model_dir: Path, prompt: str, tokens: int) -> None:
+        import mlx.core as mx
+        from mlx_lm import load
+        from mlx_lm.sample_utils import make_sampler
+
+        self.model, tokenizer = load(str(model_dir))[:2]
+        self.ids = mx.array(tokenizer.encode(prompt))
+        self.sampler = make_sampler(temp=0.0)
+        self.tokens = tokens
+
+    def run(self) -> tuple[float, float]:
+        """(tok/s, TTFT ms) of one generation."""
+        from mlx_lm.generate import generate_step
+
         started = time.perf_counter()
         first = last = started
         count = 0
-        for count, _ in enumerate(generate_step(ids, model, max_tokens=tokens, sampler=sampler), 1):
+        steps = generate_step(self.ids, self.model, max_tokens=self.tokens, sampler=self.sampler)
+        for count, _ in enumerate(steps, 1):
             last = time.perf_counter()
             if count == 1:
                 first = last
-        if run == 0:
-            continue
-        assert count == tokens, f"native run made {count} tokens, not {tokens}"
-        speeds.append((count - 1) / (last - first))
-        ttfts.append((first - started) * 1000)
-    n_prompt = int(ids.size)
-    del model, tokenizer, ids
-    gc.collect()
-    mx.clear_cache()
-    return speeds, ttfts, n_prompt
+        assert count == self.tokens, f"native run made {count} tokens, not {self.tokens}"
+        return (count - 1) / (last - first), (first - started) * 1000
 
 
-def server_runs(url: str, prompt: str, tokens: int, runs: int) -> tuple[list[float], list[float]]:
+def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tuple[float, float]:
+    """(tok/s, TTFT ms) of one streamed ``/api/generate``, timed from the client's side."""
     body = {
         "model": "bench",
         "prompt": prompt,
@@ -62,32 +62,25 @@ def server_runs(url: str, prompt: str, tokens: int, runs: int) -> tuple[list[flo
         "stream": True,
         "options": {"temperature": 0, "num_predict": tokens, "seed": 0},
     }
-    speeds, ttfts = [], []
-    with httpx.Client(timeout=None) as client:
-        for run in range(runs + 1):  # the first run loads the model
-            started = time.perf_counter()
-            first = last = started
-            chunks = 0
-            final: dict[str, Any] = {}
-            with client.stream("POST", url + "/api/generate", content=orjson.dumps(body)) as response:
-                response.raise_for_status()
-                for line in response.iter_lines():
-                    last = time.perf_counter()
-                    chunk = orjson.loads(line)
-                    if "error" in chunk:
-                        raise RuntimeError(chunk["error"])
-                    chunks += 1
-                    if chunks == 1:
-                        first = last
-                    if chunk.get("done"):
-                        final = chunk
-            if run == 0:
-                continue
-            made = int(final.get("eval_count", 0))
-            assert made == tokens, f"server run made {made} tokens, not {tokens}"
-            speeds.append((made - 1) / (last - first))
-            ttfts.append((first - started) * 1000)
-    return speeds, ttfts
+    started = time.perf_counter()
+    first = last = started
+    chunks = 0
+    final: dict[str, Any] = {}
+    with client.stream("POST", url + "/api/generate", content=orjson.dumps(body)) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            last = time.perf_counter()
+            chunk = orjson.loads(line)
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            chunks += 1
+            if chunks == 1:
+                first = last
+            if chunk.get("done"):
+                final = chunk
+    made = int(final.get("eval_count", 0))
+    assert made == tokens, f"server run made {made} tokens, not {tokens}"
+    return (made - 1) / (last - first), (first - started) * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,10 +93,26 @@ def main(argv: list[str] | None = None) -> None:
 
     model_dir = resolve_model(args.model)
     prompt = prompt_text(args.prompt_tokens)
-    native_speed, native_ttft, n_prompt = native_runs(model_dir, prompt, args.tokens, args.runs)
-    with daemon(model_dir, ipc=args.ipc) as url:
-        server_speed, server_ttft = server_runs(url, prompt, args.tokens, args.runs)
-    native, server = median(native_speed), median(server_speed)
+    with daemon(model_dir, ipc=args.ipc) as url, httpx.Client(timeout=None) as client:
+        server_run(client, url, prompt, args.tokens)  # loads and warms the worker's model
+        native = Native(model_dir, prompt, args.tokens)
+        native.run()  # warms the kernels up, as the worker does at load
+        # Rounds alternate which side goes first, so a drift of the machine's speed over
+        # the benchmark (clocks, other load) falls on both sides alike.
+        rounds: list[tuple[tuple[float, float], tuple[float, float]]] = []
+        for r in range(args.runs):
+            if r % 2 == 0:
+                n = native.run()
+                rounds.append((n, server_run(client, url, prompt, args.tokens)))
+            else:
+                s = server_run(client, url, prompt, args.tokens)
+                rounds.append((native.run(), s))
+        n_prompt = int(native.ids.size)
+        del native
+        gc.collect()
+    native_speed = [n[0] for n, _ in rounds]
+    server_speed = [s[0] for _, s in rounds]
+    native_tok_s, server_tok_s = median(native_speed), median(server_speed)
     emit(
         {
             "bench": "overhead",
@@ -113,13 +122,15 @@ def main(argv: list[str] | None = None) -> None:
             "tokens": args.tokens,
             "prompt_tokens": n_prompt,
             "runs": args.runs,
-            "native_tok_s": round(native, 2),
-            "server_tok_s": round(server, 2),
-            "overhead_pct": round((1 - server / native) * 100, 2),
-            "native_ttft_ms": round(median(native_ttft), 2),
-            "server_ttft_ms": round(median(server_ttft), 2),
-            "native_tok_s_runs": [round(s, 2) for s in native_speed],
-            "server_tok_s_runs": [round(s, 2) for s in server_speed],
+            "native_tok_s": round(native_tok_s, 2),
+            "server_tok_s": round(server_tok_s, 2),
+            "overhead_pct": round((1 - server_tok_s / native_tok_s) * 100, 2),
+            # Each round's own ratio: the machine's speed moves between rounds, less within one.
+            "overhead_pct_paired_median": round(median([(1 - s[0] / n[0]) * 100 for n, s in rounds]), 2),
+            "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
+            "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
+            "native_tok_s_runs": [round(v, 2) for v in native_speed],
+            "server_tok_s_runs": [round(v, 2) for v in server_speed],
         },
         args.table,
     )

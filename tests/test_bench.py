@@ -33,13 +33,16 @@ def _run(module: str, argv: list[str], cache: Path) -> dict[str, Any]:
 
 
 def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
-    argv = ["--model", "random:tiny", "--tokens", "8", "--prompt-tokens", "8", "--runs", "1"]
+    argv = ["--model", "random:tiny", "--tokens", "8", "--prompt-tokens", "8", "--runs", "2"]
     result = _run("bench.overhead", argv, tmp_path)
-    for key in ("native_tok_s", "server_tok_s", "overhead_pct", "native_ttft_ms", "server_ttft_ms"):
+    keys = ("native_tok_s", "server_tok_s", "overhead_pct", "overhead_pct_paired_median")
+    for key in (*keys, "native_ttft_ms", "server_ttft_ms"):
         assert isinstance(result[key], float) and result[key] == result[key], key
     assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
     assert result["ipc"] == "shm" and result["tokens"] == 8 and result["model"] == "random:tiny"
     assert "cpu" in result["device"].lower()
+    # Two interleaved rounds: one figure per round on each side.
+    assert len(result["native_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 2
 
 
 def test_worker_step_benchmark_times_the_decode_loop_and_profiles_it(tmp_path: Path) -> None:
