@@ -132,6 +132,11 @@ _SOURCE = """
 """
 
 
+def kernel_text() -> str:
+    """The kernel's text (a remembered batch tune is only valid for it)."""
+    return _SOURCE
+
+
 @cache
 def _get_kernel() -> Any:
     """The kernel, built once per process (MLX compiles it per template on first use)."""

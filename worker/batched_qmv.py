@@ -390,6 +390,17 @@ def tune(model: nn.Module, max_rows: int, steps: int = 12) -> dict[int, str]:
     return dict(_choice)
 
 
+def use(routes: dict[int, str]) -> None:
+    """Route batches by ``routes`` (a tune's answer remembered from an earlier load)."""
+    _choice.clear()
+    _choice.update(routes)
+
+
+def kernel_text() -> str:
+    """The text of the kernels a tune measures (its answer is only valid for this text)."""
+    return _HEADER + _SOURCE + batched_mma._HEADER + batched_mma._SOURCE
+
+
 def tuned() -> dict[int, str]:
     """What ``tune`` chose per bucket ({} before it ran, or off CUDA)."""
     return dict(_choice)

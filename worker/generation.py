@@ -25,7 +25,7 @@ from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from worker import batched_attention, batched_qmv, protocol
+from worker import batched_attention, batched_qmv, protocol, route_memory
 from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved, num_parallel
 from worker.constrained import Constraints
 from worker.prefix_cache import PrefixCache
@@ -43,6 +43,7 @@ class Generator:
 
     def __init__(self, model_dir: Path) -> None:
         started = time.perf_counter()
+        self.model_dir = model_dir
         loaded: tuple[Any, Any] = load_model(str(model_dir))  # type: ignore[assignment]
         self.model, self.tokenizer = loaded
         self.eos_ids = set(self.tokenizer.eos_token_ids)
@@ -99,14 +100,8 @@ class Generator:
         # pay for the common sizes now rather than during the first concurrent requests.
         most = min(num_parallel(), batched_qmv.MAX_ROWS)
         with self.batch_routing() as routed:
-            if routed:  # quantized layers to route: measure how
-                started = time.perf_counter()
-                routes = batched_qmv.tune(self.model, most)
-                log.info(
-                    "batched decode routes by batch size: %s (measured in %.1fs)",
-                    routes,
-                    time.perf_counter() - started,
-                )
+            if routed:  # quantized layers to route: measure how, or recall an earlier answer
+                self._route_batches(most)
             for size in sorted({b for b in batched_qmv.BUCKETS if b <= most} | {most} - {1}):
                 batch = BatchGenerator(
                     self.model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size
@@ -117,6 +112,22 @@ class Generator:
                     finished += sum(r.finish_reason is not None for r in batch.next_generated())
                 batch.close()
         mx.clear_cache()  # the warm-up's buffers are not the ones requests will need
+
+    def _route_batches(self, most: int) -> None:
+        """Route batches of up to ``most`` rows as the last load of this model on this
+        machine measured, or measure now (``batched_qmv.tune``) and remember it."""
+        kernels = batched_qmv.kernel_text() + batched_attention.kernel_text()
+        entry = route_memory.key(self.model_dir, most, kernels)
+        routes = route_memory.recall(entry)
+        if routes is not None:
+            batched_qmv.use(routes)
+            log.info("batched decode routes by batch size: %s (as measured at an earlier load)", routes)
+            return
+        started = time.perf_counter()
+        routes = batched_qmv.tune(self.model, most)
+        took = time.perf_counter() - started
+        log.info("batched decode routes by batch size: %s (measured in %.1fs)", routes, took)
+        route_memory.remember(entry, routes)
 
     @contextmanager
     def batch_routing(self) -> Iterator[int]:
