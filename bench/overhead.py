@@ -53,8 +53,10 @@ class Native:
         return (count - 1) / (last - first), (first - started) * 1000
 
 
-def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tuple[float, float]:
-    """(tok/s, TTFT ms) of one streamed ``/api/generate``, timed from the client's side."""
+def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tuple[float, float, float]:
+    """(tok/s, TTFT ms, the worker's own tok/s) of one streamed ``/api/generate``: the first
+    two timed from the client's side, the last from the final chunk's ``eval_count`` and
+    ``eval_duration`` (which separates the worker's speed from the delivery's)."""
     body = {
         "model": "bench",
         "prompt": prompt,
@@ -80,7 +82,9 @@ def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tupl
                 final = chunk
     made = int(final.get("eval_count", 0))
     assert made == tokens, f"server run made {made} tokens, not {tokens}"
-    return (made - 1) / (last - first), (first - started) * 1000
+    # eval_duration runs from the first token to the last, like the client's window.
+    worker = (made - 1) / (int(final.get("eval_duration", 0)) / 1e9 or float("inf"))
+    return (made - 1) / (last - first), (first - started) * 1000, worker
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         native.run()  # warms the kernels up, as the worker does at load
         # Rounds alternate which side goes first, so a drift of the machine's speed over
         # the benchmark (clocks, other load) falls on both sides alike.
-        rounds: list[tuple[tuple[float, float], tuple[float, float]]] = []
+        rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = []
         for r in range(args.runs):
             if r % 2 == 0:
                 n = native.run()
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
             "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
             "native_tok_s_runs": [round(v, 2) for v in native_speed],
             "server_tok_s_runs": [round(v, 2) for v in server_speed],
+            # The worker's own decode speed, as its final chunk reports it: a gap between this
+            # and server_tok_s is delivery (daemon, HTTP, client), the rest is the worker.
+            "server_eval_tok_s": round(median([s[2] for _, s in rounds]), 2),
+            "server_eval_tok_s_runs": [round(s[2], 2) for _, s in rounds],
         },
         args.table,
     )

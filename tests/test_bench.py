@@ -35,7 +35,7 @@ def _run(module: str, argv: list[str], cache: Path) -> dict[str, Any]:
 def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     argv = ["--model", "random:tiny", "--tokens", "8", "--prompt-tokens", "8", "--runs", "2"]
     result = _run("bench.overhead", argv, tmp_path)
-    keys = ("native_tok_s", "server_tok_s", "overhead_pct", "overhead_pct_paired_median")
+    keys = ("native_tok_s", "server_tok_s", "server_eval_tok_s", "overhead_pct", "overhead_pct_paired_median")
     for key in (*keys, "native_ttft_ms", "server_ttft_ms"):
         assert isinstance(result[key], float) and result[key] == result[key], key
     assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
