@@ -192,6 +192,11 @@ _SOURCE = """
 """
 
 
+def kernel_text() -> str:
+    """The kernel's text (a remembered batch tune is only valid for it)."""
+    return _HEADER + _SOURCE
+
+
 @cache
 def _get_kernel() -> Any:
     """The kernel, built once per process (MLX compiles it per template on first use)."""
@@ -212,6 +217,7 @@ def supported(w: mx.array, bits: int, group_size: int, mode: str = "affine") -> 
     return n % TILE_N == 0 and (words * 8) % TILE_K == 0
 
 
+@cache  # asked for every product of every batched step: a lookup, not the loop
 def k_split(n: int, k: int) -> int:
     """Warps sharing each 16 output rows, splitting K: as many as keep the GPU's warp slots
     filled while each still takes at least two 32-wide steps of K."""

@@ -398,7 +398,7 @@ def use(routes: dict[int, str]) -> None:
 
 def kernel_text() -> str:
     """The text of the kernels a tune measures (its answer is only valid for this text)."""
-    return _HEADER + _SOURCE + batched_mma._HEADER + batched_mma._SOURCE
+    return _HEADER + _SOURCE + batched_mma.kernel_text()
 
 
 def tuned() -> dict[int, str]:
