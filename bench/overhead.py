@@ -6,7 +6,8 @@ Native: ``generate_step`` in this process, greedy, timed per token. Server: a re
 ``mlxd serve`` + worker, ``/api/generate`` (raw, greedy) streamed over HTTP and timed
 from the client: TTFT from sending the request to the first chunk, decode speed from the
 first to the last chunk. The two take turns against one running daemon (an idle worker
-uses no CPU), each round in the other order than the last. Both sides make exactly
+uses no CPU), each round in the other order than the last and with a prompt of its own
+(TTFT is a cold prefill on both sides). Both sides make exactly
 ``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints one JSON object.
 """
 
@@ -27,24 +28,27 @@ from bench.harness import common_args, daemon, device_name, emit, median, prompt
 class Native:
     """mlx-lm's ``generate_step`` in this process, greedy, on the model the daemon serves."""
 
-    def __init__(self, model_dir: Path, prompt: str, tokens: int) -> None:
-        import mlx.core as mx
+    def __init__(self, model_dir: Path, tokens: int) -> None:
         from mlx_lm import load
         from mlx_lm.sample_utils import make_sampler
 
-        self.model, tokenizer = load(str(model_dir))[:2]
-        self.ids = mx.array(tokenizer.encode(prompt))
+        self.model, self.tokenizer = load(str(model_dir))[:2]
         self.sampler = make_sampler(temp=0.0)
         self.tokens = tokens
 
-    def run(self) -> tuple[float, float]:
+    def prompt_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer.encode(prompt))
+
+    def run(self, prompt: str) -> tuple[float, float]:
         """(tok/s, TTFT ms) of one generation."""
+        import mlx.core as mx
         from mlx_lm.generate import generate_step
 
         started = time.perf_counter()
         first = last = started
         count = 0
-        steps = generate_step(self.ids, self.model, max_tokens=self.tokens, sampler=self.sampler)
+        ids = mx.array(self.tokenizer.encode(prompt))
+        steps = generate_step(ids, self.model, max_tokens=self.tokens, sampler=self.sampler)
         for count, _ in enumerate(steps, 1):
             last = time.perf_counter()
             if count == 1:
@@ -96,22 +100,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     model_dir = resolve_model(args.model)
-    prompt = prompt_text(args.prompt_tokens)
+    text = prompt_text(args.prompt_tokens)
     with daemon(model_dir, ipc=args.ipc) as url, httpx.Client(timeout=None) as client:
-        server_run(client, url, prompt, args.tokens)  # loads and warms the worker's model
-        native = Native(model_dir, prompt, args.tokens)
-        native.run()  # warms the kernels up, as the worker does at load
-        # Rounds alternate which side goes first, so a drift of the machine's speed over
-        # the benchmark (clocks, other load) falls on both sides alike.
+        server_run(client, url, "warm-up " + text, args.tokens)  # loads the worker's model
+        native = Native(model_dir, args.tokens)
+        native.run("warm-up " + text)  # compiles the kernels, as the worker does at load
+        # Each round has a prompt of its own (so TTFT is a cold prefill on both sides, not
+        # the server's prompt cache), and rounds alternate which side goes first, so a
+        # drift of the machine's speed over the benchmark falls on both sides alike.
         rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = []
         for r in range(args.runs):
+            prompt = f"Round {r}. {text}"
             if r % 2 == 0:
-                n = native.run()
+                n = native.run(prompt)
                 rounds.append((n, server_run(client, url, prompt, args.tokens)))
             else:
                 s = server_run(client, url, prompt, args.tokens)
-                rounds.append((native.run(), s))
-        n_prompt = int(native.ids.size)
+                rounds.append((native.run(prompt), s))
+        n_prompt = native.prompt_tokens(f"Round 0. {text}")
         del native
         gc.collect()
     native_speed = [n[0] for n, _ in rounds]
