@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,19 @@ def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tupl
     return (made - 1) / (last - first), (first - started) * 1000, worker
 
 
+def overhead_interval(native: list[float], server: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval for the overhead of the medians (%): rounds resampled as
+    pairs, with a fixed seed. Wider than the target means this run cannot tell."""
+    rng = random.Random(0)
+    pairs = list(zip(native, server, strict=True))
+    values = []
+    for _ in range(draws):
+        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        values.append((1 - median([s for _, s in sample]) / median([n for n, _ in sample])) * 100)
+    values.sort()
+    return values[int(0.025 * (draws - 1))], values[int(0.975 * (draws - 1))]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
     common_args(parser)
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             "overhead_pct": round((1 - server_tok_s / native_tok_s) * 100, 2),
             # Each round's own ratio: the machine's speed moves between rounds, less within one.
             "overhead_pct_paired_median": round(median([(1 - s[0] / n[0]) * 100 for n, s in rounds]), 2),
+            "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
             "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
             "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
             "native_tok_s_runs": [round(v, 2) for v in native_speed],

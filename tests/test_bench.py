@@ -43,6 +43,17 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert "cpu" in result["device"].lower()
     # Two interleaved rounds: one figure per round on each side.
     assert len(result["native_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 2
+    low, high = result["overhead_pct_ci95"]
+    assert low <= high
+
+
+def test_the_overhead_interval_is_narrow_for_steady_rounds_and_wide_for_noisy_ones() -> None:
+    from bench.overhead import overhead_interval
+
+    low, high = overhead_interval([100.0, 100.5, 99.5, 100.2, 99.8], [95.0, 95.4, 94.6, 95.1, 94.9])
+    assert 4 < low <= high < 6  # a steady 5%
+    low, high = overhead_interval([100.0, 140.0, 70.0, 120.0, 90.0], [95.0, 80.0, 130.0, 75.0, 110.0])
+    assert low < 0 < high and high - low > 20  # this spread cannot tell 5% from nothing
 
 
 def test_worker_step_benchmark_times_the_decode_loop_and_profiles_it(tmp_path: Path) -> None:
