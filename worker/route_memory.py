@@ -60,7 +60,8 @@ def recall(entry: str, path: Path | None = None) -> dict[int, str] | None:
 
 
 def remember(entry: str, routes: dict[int, str], path: Path | None = None) -> None:
-    """Store ``routes`` under ``entry`` (best effort: a read-only home only costs the next
+    """Store ``routes`` under ``entry`` (best effort: a read-only home, or two workers
+    storing at the same moment and one keeping the other's entry out, only costs a later
     load a measurement)."""
     target = path or default_path()
     table = _read(target)
