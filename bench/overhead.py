@@ -92,6 +92,10 @@ def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tupl
     return (made - 1) / (last - first), (first - started) * 1000, worker
 
 
+def overhead_pct(native: float, server: float) -> float:
+    return (1 - server / native) * 100
+
+
 def overhead_interval(native: list[float], server: list[float], draws: int = 2000) -> tuple[float, float]:
     """A 95% bootstrap interval for the overhead of the medians (%): rounds resampled as
     pairs, with a fixed seed. Wider than the target means this run cannot tell."""
@@ -100,7 +104,7 @@ def overhead_interval(native: list[float], server: list[float], draws: int = 200
     values = []
     for _ in range(draws):
         sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        values.append((1 - median([s for _, s in sample]) / median([n for n, _ in sample])) * 100)
+        values.append(overhead_pct(median([n for n, _ in sample]), median([s for _, s in sample])))
     values.sort()
     return values[int(0.025 * (draws - 1))], values[int(0.975 * (draws - 1))]
 
@@ -148,9 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             "runs": args.runs,
             "native_tok_s": round(native_tok_s, 2),
             "server_tok_s": round(server_tok_s, 2),
-            "overhead_pct": round((1 - server_tok_s / native_tok_s) * 100, 2),
+            "overhead_pct": round(overhead_pct(native_tok_s, server_tok_s), 2),
             # Each round's own ratio: the machine's speed moves between rounds, less within one.
-            "overhead_pct_paired_median": round(median([(1 - s[0] / n[0]) * 100 for n, s in rounds]), 2),
+            "overhead_pct_paired_median": round(median([overhead_pct(n[0], s[0]) for n, s in rounds]), 2),
             "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
             "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
             "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),

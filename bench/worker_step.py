@@ -127,6 +127,8 @@ def _profile(generator: Any, streams: int, tokens: int, prompt_tokens: int, top:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from worker import batched_qmv
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random:qwen2.5-0.5b")
     parser.add_argument("--streams", default="1,8")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, default=0, help="list the N costliest functions")
     parser.add_argument(
         "--route",
-        choices=("auto", "stock", "flat", "kernel", "mma"),
+        choices=("auto", *batched_qmv.ROUTES),
         default="auto",
         help="how a batch's quantized products run (CUDA; auto: as the load-time tune chose)",
     )
@@ -143,7 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(s) for s in args.streams.split(",")]
     os.environ.setdefault("OLLAMA_NUM_PARALLEL", str(max(counts)))
 
-    from worker import batched_qmv
     from worker.generation import Generator
 
     generator = Generator(resolve_model(args.model))

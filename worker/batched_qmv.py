@@ -274,8 +274,9 @@ def supported(layer: Quantized) -> bool:
 # pick its tensor-core kernel from 8 rows), "kernel" (``batched_qmv``), "mma" (``batched_mma``
 # where the weights are 4-bit, the kernel elsewhere), or "auto": what
 # ``tune`` measured fastest for the batch's bucket. Benchmarks switch it.
+ROUTES = ("stock", "flat", "kernel", "mma")
 STRATEGY = "auto"
-_choice: dict[int, str] = {}  # bucket → "stock" | "flat" | "kernel" | "mma"
+_choice: dict[int, str] = {}  # bucket → one of ROUTES
 
 
 _HALF = (mx.bfloat16, mx.float16)
@@ -379,7 +380,7 @@ def tune(model: nn.Module, max_rows: int, steps: int = 12) -> dict[int, str]:
     global STRATEGY
     for bucket in [b for b in BUCKETS if b <= max(max_rows, 2)]:
         timings: dict[str, float] = {}
-        for route in ("stock", "flat", "kernel", "mma"):
+        for route in ROUTES:
             STRATEGY = route
             try:
                 timings[route] = _time_step(model, bucket, steps)

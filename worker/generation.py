@@ -52,6 +52,7 @@ class Generator:
         # CUDA; the layers are swapped only while a batch runs, so a lone request pays no
         # Python dispatch per layer.
         self.batched_qmv = batched_qmv.enabled()
+        self.batched_attention = batched_attention.enabled()
         self._warm_up()
         self.load_seconds = time.perf_counter() - started
         self.context_length = _context_length(self.model)
@@ -135,7 +136,7 @@ class Generator:
         attention through ``batched_attention``; the number of quantized layers routed (what
         the load-time tune measures)."""
         with ExitStack() as stack:
-            if batched_attention.enabled():
+            if self.batched_attention:
                 stack.enter_context(batched_attention.installed(self.model))
             yield stack.enter_context(batched_qmv.installed(self.model)) if self.batched_qmv else 0
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import mlx.core as mx
 
+from worker.batched_qmv import ROUTES
+
 log = logging.getLogger("mlxd.worker")
 
 FILE_NAME = "batch-routes.json"
 MAX_ENTRIES = 64  # models × machines remembered; the oldest go first
-ROUTES = ("stock", "flat", "kernel", "mma")
 
 
 def default_path() -> Path:
