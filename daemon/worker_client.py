@@ -1,10 +1,11 @@
 """The daemon's handle on one worker process.
 
 Commands go to the worker's stdin as JSON lines. Events come back through the event
-transport; one reader thread per worker blocks on it and hands each *batch* of events to
-the event loop with a single ``call_soon_threadsafe`` (a thread hop per batch, not per
-token). The worker's process group is its own, so a Ctrl-C in the daemon's terminal
-reaches the daemon only; the daemon then stops its workers itself.
+transport, whose descriptor the event loop watches: each wake-up reads every event
+published so far and hands it to its request's queue in the loop's own thread (no
+reader thread, no thread hop). The end of that descriptor is the worker's exit. The
+worker's process group is its own, so a Ctrl-C in the daemon's terminal reaches the
+daemon only; the daemon then stops its workers itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -41,7 +41,7 @@ from worker.transport import EventReader, ShmChannel, stdio_reader
 
 log = logging.getLogger("mlxd.worker_client")
 
-_POLL_SECONDS = 0.5  # how often the reader thread checks that the worker still lives
+_POLL_SECONDS = 0.5  # how often the monitor checks that the worker still lives
 STALL_TIMEOUT_ENV = "MLXD_WORKER_STALL_TIMEOUT"
 DEFAULT_STALL_TIMEOUT = 600.0  # generous: a long prompt on a slow machine sends nothing for a while
 
@@ -75,7 +75,8 @@ class WorkerProcess:
         self.stall = stall_timeout() if stall is None else stall
         self._progress = time.monotonic()  # the latest event, or the first request of a busy spell
         self._stalled = False
-        self._watchdog: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._reporting: asyncio.Task[None] | None = None  # logs the exit status once it is known
         self.info: ModelInfo = {}
         self.last_used = time.monotonic()
         self._ids = itertools.count(1)
@@ -83,7 +84,7 @@ class WorkerProcess:
         self._channel: ShmChannel | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: EventReader | None = None
-        self._thread: threading.Thread | None = None
+        self._watching = False  # the loop watches the reader's descriptor
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[ModelInfo] | None = None
         self._exited = asyncio.Event()
@@ -110,20 +111,25 @@ class WorkerProcess:
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE if self.ipc == "stdio" else subprocess.DEVNULL,
+                pass_fds=self._channel.pass_fds if self._channel is not None else (),
                 start_new_session=True,
                 # The daemon's parsed value, so that daemon and worker agree on it.
                 env={**os.environ, "OLLAMA_NUM_PARALLEL": str(self.parallel)},
             )
         except OSError as exc:
-            self._release_channel()
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
             raise EngineError(f"could not start the model runner: {exc}") from exc
         if self._channel is not None:
+            self._channel.handed_over()
             self._reader = self._channel.reader()
         else:
             assert self._proc.stdout is not None
             self._reader = stdio_reader(self._proc.stdout.fileno())
-        self._thread = threading.Thread(target=self._read_loop, name=f"events-{self.model.name}", daemon=True)
-        self._thread.start()
+        self._loop.add_reader(self._reader.fileno(), self._on_readable)
+        self._watching = True
+        self._monitor = self._loop.create_task(self._watch(), name=f"monitor-{self.model.name}")
         try:
             self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except asyncio.TimeoutError:
@@ -132,18 +138,25 @@ class WorkerProcess:
         except BaseException:
             await self.stop()
             raise
-        if self.stall > 0:
-            self._watchdog = self._loop.create_task(self._watch(), name=f"watchdog-{self.model.name}")
         return self.info
 
     async def _watch(self) -> None:
-        """Kill the worker once it has owed events for ``stall`` seconds without sending any
-        (hung, stopped, deadlocked): its requests end with an error and the next one reloads."""
-        interval = min(self.stall / 4, 1.0)
+        """Notice a worker that exited without its event stream ending (a child of its
+        own still holds the descriptor), and kill one that has owed events for ``stall``
+        seconds without sending any (hung, stopped, deadlocked): its requests end with an
+        error and the next one reloads."""
+        interval = _POLL_SECONDS if self.stall <= 0 else min(self.stall / 4, _POLL_SECONDS)
         while not self._exited.is_set():
             await asyncio.sleep(interval)
+            proc = self._proc
+            if proc is None:
+                continue
+            if proc.poll() is not None:
+                self._read_rest()
+                self._on_exit()
+                return
             quiet = time.monotonic() - self._progress
-            if self._pending and quiet >= self.stall and self._proc is not None and self._proc.poll() is None:
+            if self.stall > 0 and self._pending and quiet >= self.stall:
                 log.error(
                     "worker for %s sent nothing for %.1fs with %d request(s) in flight; killing it",
                     self.model.name,
@@ -151,8 +164,7 @@ class WorkerProcess:
                     len(self._pending),
                 )
                 self._stalled = True
-                self._proc.kill()  # the reader thread sees it exit and ends the requests
-                return
+                proc.kill()  # its event stream ends, and with it the requests
 
     def _track(self, request_id: int) -> asyncio.Queue[dict[str, Any]]:
         """A queue for one request's events; the stall clock starts with the first request."""
@@ -164,27 +176,41 @@ class WorkerProcess:
 
     # ------------------------------------------------------------------ events
 
-    def _read_loop(self) -> None:
-        """Reader thread: forward batches of events to the loop until the worker is gone."""
-        assert self._reader is not None and self._proc is not None and self._loop is not None
+    def _on_readable(self) -> None:
+        """The loop's callback for the reader's descriptor: dispatch what has come; at
+        the end of the stream the worker is gone."""
+        if not self._watching:
+            return
         try:
-            while True:
-                batch = self._reader.read(_POLL_SECONDS)
-                if batch is None:
-                    break
-                if batch:
-                    self._loop.call_soon_threadsafe(self._dispatch, batch)
-                elif self._proc.poll() is not None:
-                    rest = self._reader.read(0)
-                    if rest:
-                        self._loop.call_soon_threadsafe(self._dispatch, rest)
-                    break
+            batch = self._reader.read(0) if self._reader is not None else None
+            if batch:
+                self._dispatch(batch)
+                return
         except Exception:
-            log.exception("event reader for %s failed", self.model.name)
-        finally:
-            # A closed loop means the daemon is exiting: nothing left to tell.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._on_exit)
+            log.exception("event stream of the worker for %s failed", self.model.name)
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()  # a worker the daemon cannot hear is of no use
+            batch = None
+        if batch is None:
+            self._on_exit()
+
+    def _read_rest(self) -> None:
+        """Dispatch whatever the worker published before it exited."""
+        while self._watching and self._reader is not None:
+            try:
+                batch = self._reader.read(0)
+            except Exception:
+                log.exception("event stream of the worker for %s failed", self.model.name)
+                return
+            if not batch:
+                return
+            self._dispatch(batch)
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            if self._loop is not None and self._reader is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._reader.fileno())
 
     def _dispatch(self, batch: list[bytes]) -> None:
         self._progress = time.monotonic()
@@ -211,18 +237,15 @@ class WorkerProcess:
         if self._exited.is_set():
             return
         self._exited.set()
-        code = self._proc.poll() if self._proc else None
-        if code is None:  # it closed its event stream and is on its way out
-            log.info("worker for %s stopped", self.model.name)
+        self._unwatch()
+        proc = self._proc
+        if proc is not None and proc.poll() is None and self._loop is not None and not self._loop.is_closed():
+            # Its stream ends as it exits, a moment before its status can be read.
+            self._reporting = self._loop.create_task(self._report_when_reaped(proc))
         else:
-            log.log(
-                logging.INFO if code == 0 else logging.WARNING,
-                "worker for %s exited with status %d",
-                self.model.name,
-                code,
-            )
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
+            self._report(proc.poll() if proc is not None else None)
+        if self._monitor is not None and self._monitor is not asyncio.current_task():
+            self._monitor.cancel()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineError(RUNNER_STOPPED))
         message = stalled_message(self.stall) if self._stalled else RUNNER_STOPPED
@@ -230,6 +253,19 @@ class WorkerProcess:
         for queue in self._pending.values():
             queue.put_nowait(stopped)
         self._release_channel()
+
+    async def _report_when_reaped(self, proc: subprocess.Popen[bytes]) -> None:
+        for _ in range(100):
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.01)
+        self._report(proc.poll())
+
+    def _report(self, code: int | None) -> None:
+        if code is None or code == 0:  # exited, or closed its stream and is on its way out
+            log.info("worker for %s stopped", self.model.name)
+        else:
+            log.warning("worker for %s exited with status %d", self.model.name, code)
 
     # ------------------------------------------------------------------ commands
 
@@ -337,13 +373,13 @@ class WorkerProcess:
                 log.warning("worker for %s did not stop in %gs; killing it", self.model.name, grace)
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
+        self._read_rest()
         self._on_exit()
-        if self._watchdog is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-            self._watchdog = None
+        for task in (self._monitor, self._reporting):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._monitor = self._reporting = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -66,3 +66,14 @@ def test_worker_step_benchmark_times_the_decode_loop_and_profiles_it(tmp_path: P
         assert row["events"] >= row["streams"]  # every request ends with its done event
         assert len(row["top"]) == 5 and row["wait_ms"] >= 0
     assert result["env"]["OLLAMA_NUM_PARALLEL"] == "3"
+
+
+def test_delivery_benchmark_times_both_transports_both_ways(tmp_path: Path) -> None:
+    argv = ["--events", "40", "--interval-ms", "1", "--rounds", "2"]
+    result = _run("bench.delivery", argv, tmp_path)
+    assert result["events"] == 40 and result["rounds"] == 2
+    for ipc in ("shm", "stdio"):
+        for way in ("loop", "thread"):
+            p50, p99 = result[f"{ipc}_{way}_p50_us"], result[f"{ipc}_{way}_p99_us"]
+            assert 0 < p50 <= result[f"{ipc}_{way}_p90_us"] <= p99, (ipc, way)
+            assert result[f"{ipc}_{way}_cpu_us_per_event"] > 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -17,7 +19,14 @@ from typing import Any
 import pytest
 
 from worker.ring import FRAME, RingError
-from worker.transport import EventReader, ShmChannel, attach_shm_writer, stdio_reader, stdio_writer
+from worker.transport import (
+    EventReader,
+    EventWriter,
+    ShmChannel,
+    attach_shm_writer,
+    stdio_reader,
+    stdio_writer,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SHM = Path("/dev/shm")
@@ -100,9 +109,24 @@ def reap_children() -> Iterator[None]:
                 stream.close()
 
 
-def ours(spec: str) -> list[str]:
-    """Entries in /dev/shm that belong to this channel (segment and semaphores)."""
-    return sorted(name for name in os.listdir(DEV_SHM) if spec.lstrip("/") in name)
+def ours(channel: ShmChannel) -> list[str]:
+    """Entries in /dev/shm that belong to this channel (segment and semaphore)."""
+    return sorted(name for name in os.listdir(DEV_SHM) if channel.name.lstrip("/") in name)
+
+
+def spawn_writer(channel: ShmChannel, code: str, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """A child that attaches to ``channel`` as its writer, started as the daemon starts a worker."""
+    child = spawn(code, channel.spec, *args, pass_fds=channel.pass_fds, **kwargs)
+    channel.handed_over()
+    return child
+
+
+def attach_here(channel: ShmChannel) -> EventWriter:
+    """The writer in this process, holding its own copy of the doorbell as a worker would."""
+    name, fd = channel.spec.split(":")
+    writer = attach_shm_writer(f"{name}:{os.dup(int(fd))}")
+    channel.handed_over()
+    return writer
 
 
 def read_until_none(reader: EventReader, timeout: float = 4.0) -> list[bytes]:
@@ -129,22 +153,27 @@ def channel() -> Iterator[ShmChannel]:
 @needs_dev_shm
 def test_channel_names_modes_and_cleanup() -> None:
     ch = ShmChannel.create(4096)
-    name = ch.spec.lstrip("/")
-    assert ch.spec.startswith("/mlxd-") and len(ch.spec) == 22
-    assert ours(ch.spec) == [name, f"sem.{name}-d", f"sem.{name}-s"]
-    for entry in ours(ch.spec):
+    name = ch.name.lstrip("/")
+    assert ch.name.startswith("/mlxd-") and len(ch.name) == 22
+    (fd,) = ch.pass_fds
+    assert ch.spec == f"{ch.name}:{fd}"
+    assert ours(ch) == [name, f"sem.{name}-s"]
+    for entry in ours(ch):
         assert (DEV_SHM / entry).stat().st_mode & 0o777 == 0o600
     ch.unlink()
     ch.unlink()  # idempotent
-    assert ours(ch.spec) == []
+    assert ours(ch) == []
     ch.close()
     ch.close()
+    assert ch.pass_fds == ()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the doorbell went with it
     with pytest.raises(ValueError):
         ch.reader()
 
 
 def test_attach_rejects_foreign_specs() -> None:
-    for spec in ("", "/etc/passwd", "/mlxd-../../x", "/mlxd-0123456789abcdeg"):
+    for spec in ("", "/etc/passwd", "/mlxd-../../x:3", "/mlxd-0123456789abcdeg:3", "/mlxd-0123456789abcdef"):
         with pytest.raises(ValueError):
             attach_shm_writer(spec)
     with pytest.raises(ValueError):
@@ -154,8 +183,8 @@ def test_attach_rejects_foreign_specs() -> None:
 @needs_dev_shm
 def test_shm_in_one_process_and_writer_unlinks_on_attach() -> None:
     channel = ShmChannel.create(1 << 20)  # holds everything sent below: no reader thread needed
-    writer = attach_shm_writer(channel.spec)
-    assert ours(channel.spec) == []  # names gone, mapping still shared
+    writer = attach_here(channel)
+    assert ours(channel) == []  # names gone, mapping still shared
     reader = channel.reader()
     assert channel.reader() is reader
     for i in range(1000):
@@ -172,13 +201,13 @@ def test_shm_in_one_process_and_writer_unlinks_on_attach() -> None:
 @needs_dev_shm
 def test_shm_across_processes(channel: ShmChannel) -> None:
     count = 20_000
-    child = spawn(SHM_CHILD, channel.spec, str(count))
+    child = spawn_writer(channel, SHM_CHILD, str(count))
     got = read_until_none(channel.reader())
     assert child.wait(5) == 0
     assert got[0] == b"attached"
     assert got[1:] == [payload(i) for i in range(count)]
     channel.close()
-    assert ours(channel.spec) == []
+    assert ours(channel) == []
 
 
 WATCHER = """
@@ -204,10 +233,10 @@ print("samples", samples, "last", last, flush=True)
 def test_shm_positions_never_go_back_as_seen_from_another_process(channel: ShmChannel) -> None:
     """A third process samples the write position while the writer publishes after every
     message: it must only ever grow (a store must not pass through another value)."""
-    watcher = spawn(WATCHER, channel.spec, stdout=subprocess.PIPE)
+    watcher = spawn(WATCHER, channel.name, stdout=subprocess.PIPE)
     assert watcher.stdout is not None
     assert watcher.stdout.readline() == b"ready\n"
-    writer = spawn(SHM_CHILD.replace("i % 7 == 0", "True"), channel.spec, "100000")
+    writer = spawn_writer(channel, SHM_CHILD.replace("i % 7 == 0", "True"), "100000")
     got = read_until_none(channel.reader())
     assert writer.wait(5) == 0
     out, _ = watcher.communicate(timeout=5)
@@ -218,7 +247,7 @@ def test_shm_positions_never_go_back_as_seen_from_another_process(channel: ShmCh
 
 @needs_dev_shm
 def test_shm_child_killed_mid_write_leaves_nothing(channel: ShmChannel) -> None:
-    child = spawn(SHM_CHILD, channel.spec, "-1")  # writes until killed
+    child = spawn_writer(channel, SHM_CHILD, "-1")  # writes until killed
     reader = channel.reader()
     got: list[bytes] = []
     while len(got) < 3000:
@@ -227,27 +256,29 @@ def test_shm_child_killed_mid_write_leaves_nothing(channel: ShmChannel) -> None:
         got.extend(batch)
     child.send_signal(signal.SIGKILL)
     child.wait(5)
-    while batch := reader.read(0.1):  # what was published before the kill
-        got.extend(batch)
-    assert batch == []  # no close from a killed writer: the daemon relies on its poll()
+    # What was published before the kill, then the end: the doorbell's pipe closed with
+    # the process, although the writer never closed the ring.
+    got += read_until_none(reader)
     assert got[0] == b"attached"
     assert got[1:] == [payload(i) for i in range(len(got) - 1)]
+    assert reader.read(0) is None
     channel.close()
-    assert ours(channel.spec) == []
+    assert ours(channel) == []
 
 
 @needs_dev_shm
 def test_shm_child_killed_before_attaching_leaves_nothing(channel: ShmChannel) -> None:
-    child = spawn("import time; time.sleep(30)")
-    assert len(ours(channel.spec)) == 3
+    child = spawn_writer(channel, "import time; time.sleep(30)")
+    assert len(ours(channel)) == 2
     child.kill()
     child.wait(5)
+    assert channel.reader().read(1.0) is None  # its exit ends the stream
     channel.close()
-    assert ours(channel.spec) == []
+    assert ours(channel) == []
 
 
 def test_shm_reader_close_breaks_a_blocked_child(channel: ShmChannel) -> None:
-    child = spawn(SHM_CHILD, channel.spec, "-1")
+    child = spawn_writer(channel, SHM_CHILD, "-1")
     reader = channel.reader()
     assert reader.read(2.0)
     time.sleep(0.05)  # let the child fill the ring and wait for space
@@ -426,3 +457,90 @@ def test_stdio_close_wakes_a_blocked_read(pipe: tuple[int, int]) -> None:
     assert not thread.is_alive() and result == [None]
     assert reader.read(0) is None
     reader.close()
+
+
+# ------------------------------------------------------------------ watched by an event loop
+
+BURSTS_SRC = """
+import os, sys, time
+def bursts(writer):
+    # Three bursts of 200 messages, a flush every 10, 0.2 s of silence between them;
+    # the process then exits without closing the writer.
+    for burst in range(3):
+        for i in range(200):
+            writer.send(b"%d:%d" % (burst, i))
+            if i % 10 == 9:
+                writer.flush()
+        time.sleep(0.2)
+    os._exit(0)
+"""
+SHM_BURSTS = BURSTS_SRC + "from worker.transport import attach_shm_writer as w\nbursts(w(sys.argv[1]))\n"
+STDIO_BURSTS = BURSTS_SRC + "from worker.transport import stdio_writer as w\nbursts(w(os.dup(1)))\n"
+
+
+async def collect_in_loop(reader: EventReader) -> tuple[list[bytes], int]:
+    """Read as the daemon does: the loop watches ``fileno()``, each wake-up reads with
+    ``read(0)``. Returns the messages and the number of wake-ups that found nothing."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    got: list[bytes] = []
+    idle = 0
+
+    def on_readable() -> None:
+        nonlocal idle
+        batch = reader.read(0)
+        if batch is None:
+            loop.remove_reader(reader.fileno())
+            done.set_result(None)
+        elif batch:
+            got.extend(batch)
+        else:
+            idle += 1
+
+    loop.add_reader(reader.fileno(), on_readable)
+    await asyncio.wait_for(done, 10)
+    return got, idle
+
+
+@pytest.mark.parametrize("ipc", ["shm", "stdio"])
+def test_an_event_loop_reads_without_a_thread_and_sees_the_exit(ipc: str) -> None:
+    """Every message arrives in order, the writer's exit ends the stream without a close,
+    and a quiet writer does not keep the loop busy (the descriptor is level-triggered)."""
+    if ipc == "shm":
+        channel = ShmChannel.create(4096)
+        child = spawn_writer(channel, SHM_BURSTS)
+        reader = channel.reader()
+    else:
+        r, w = os.pipe()
+        child = spawn(STDIO_BURSTS, stdout=w)
+        os.close(w)
+        reader = stdio_reader(r)
+    got, idle = asyncio.run(collect_in_loop(reader))
+    assert child.wait(5) == 0
+    assert got == [b"%d:%d" % (burst, i) for burst in range(3) for i in range(200)]
+    # 60 flushes; at most one empty pass per flush (a byte rung after the pass that
+    # already took its messages). A busy loop would spin thousands of times in 0.4 s.
+    assert idle <= 60
+    reader.close()
+    if ipc == "shm":
+        channel.close()
+    else:
+        os.close(r)
+
+
+def test_read_zero_never_blocks_and_takes_the_doorbell() -> None:
+    channel = ShmChannel.create(4096)
+    writer = attach_here(channel)
+    reader = channel.reader()
+    started = time.monotonic()
+    assert reader.read(0) == []
+    assert time.monotonic() - started < 0.05
+    writer.send(b"a")
+    writer.flush()
+    writer.flush()  # nothing new: no second ring
+    assert select.select([reader.fileno()], [], [], 0)[0]
+    assert reader.read(0) == [b"a"]
+    assert not select.select([reader.fileno()], [], [], 0)[0]  # nothing left to wake the loop
+    writer.close()
+    assert reader.read(0) is None
+    channel.close()

@@ -2,8 +2,8 @@
 
 The ring knows nothing about processes: it works over any writable buffer (a
 ``bytearray`` in tests, an ``mmap`` of a POSIX shared-memory segment in production) and
-wakes the other side through two :class:`Signal` objects (``threading`` semaphores here,
-named POSIX semaphores in :mod:`worker.transport`).
+wakes the other side through two :class:`Signal` objects (``threading`` semaphores here;
+a pipe for *data* and a named POSIX semaphore for *space* in :mod:`worker.transport`).
 
 Layout of the buffer (header integers in native byte order, both sides being on one
 machine; frame headers little-endian)::
@@ -34,8 +34,9 @@ round at most; the reader posts *space* after consuming while that flag is set.
 Memory ordering. The writer stores the frame bytes before it stores the write position,
 and the reader loads the write position before it loads frame bytes. Python has no fence
 primitive; :class:`Fence` gets one from a lock release followed by an acquire (RCsc on
-arm64, a locked instruction on x86-64). Across processes the semaphore post/wait pair is
-also a full barrier, which is what a sleeping reader relies on. Shared header fields are
+arm64, a locked instruction on x86-64). Across processes the post/wait pair (a semaphore, or
+a pipe's write and read) goes through the kernel and is a full barrier as well, which
+is what a sleeping reader relies on. Shared header fields are
 stored as memoryview items (one aligned store each), never with ``struct.pack_into``,
 which zeroes its target before writing it: the other side would see a position of 0.
 """
@@ -74,10 +75,14 @@ class RingError(RuntimeError):
     """The shared buffer does not hold a valid ring (wrong magic or a corrupt frame)."""
 
 
-class Signal(Protocol):
-    """A counting wake-up: ``post`` adds a count, ``wait`` takes one or times out."""
+class Poster(Protocol):
+    """The writer's half of a wake-up: ``post`` adds a count."""
 
     def post(self) -> None: ...
+
+
+class Signal(Poster, Protocol):
+    """A counting wake-up: ``post`` adds a count, ``wait`` takes one or times out."""
 
     def wait(self, timeout: float | None) -> bool: ...
 
@@ -213,7 +218,7 @@ class RingWriter:
     def __init__(
         self,
         buf: Buffer,
-        data: Signal,
+        data: Poster,
         space: Signal,
         *,
         wait_interval: float = 0.05,
@@ -360,7 +365,14 @@ class RingWriter:
 
 
 class RingReader:
-    """The consumer side: one thread calls ``read``; ``close`` may come from any thread."""
+    """The consumer side: one thread calls ``read``; ``close`` may come from any thread.
+
+    ``writer_gone`` says whether the writer has ended without closing (its process is
+    gone); once it is true, ``read`` returns what was published and then ``None``.
+    ``read(0)`` never blocks and takes the data signal's pending counts before it
+    returns ``[]``, so an event loop that watches the signal (level-triggered) is woken
+    again only by a later flush.
+    """
 
     def __init__(
         self,
@@ -368,6 +380,7 @@ class RingReader:
         data: Signal,
         space: Signal,
         *,
+        writer_gone: Callable[[], bool] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         view = memoryview(buf)
@@ -376,6 +389,7 @@ class RingReader:
         self._data = data
         self._space = space
         self._on_close = on_close
+        self._writer_gone = writer_gone
         self._q, self._i = _header_views(view)
         self._head: int = self._q[_Q_READ_POS]
         self._partial: list[bytes] = []
@@ -396,7 +410,9 @@ class RingReader:
                 view = self._view
                 if view is None or self._guard.closed:
                     return None
-                writer_closed = self._i[_I_WRITER_CLOSED]
+                writer_closed = self._i[_I_WRITER_CLOSED] or (
+                    self._writer_gone is not None and self._writer_gone()
+                )
                 self._fence()  # the closed flag before the final write position
                 messages = self._drain(view)
                 if messages:
@@ -410,6 +426,8 @@ class RingReader:
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    if self._data.wait(0):
+                        continue  # a count came after the drain: what it published, or the end
                     return []
                 self._data.wait(remaining)
         finally:

@@ -3,24 +3,28 @@
 Two builds of one interface:
 
 * **Shared memory** (the default): the daemon creates a :class:`ShmChannel` (a POSIX
-  shared-memory segment holding a :mod:`worker.ring` and two named semaphores, *data*
-  and *space*), passes ``channel.spec`` to the worker on its command line, and the worker
-  calls :func:`attach_shm_writer`. A token costs the worker a memcpy per ``send`` and
-  one semaphore post per ``flush``.
+  shared-memory segment holding a :mod:`worker.ring`, a named POSIX semaphore *space*,
+  and a pipe, the *doorbell*), starts the worker with ``channel.spec`` on its command
+  line and ``channel.pass_fds`` open, and the worker calls :func:`attach_shm_writer`. A
+  token costs the worker a memcpy per ``send``, and a ``flush`` one byte on the doorbell.
 * **stdio**: the same frames (``u32 length, u8 flags=0, payload``) on a pipe, normally
   the worker's original stdout. ``flush`` is one ``write`` of everything sent since the
   previous flush.
 
 Contract shared by both builds: ``EventWriter.send`` queues without waking the reader;
 ``flush`` publishes and wakes it once; ``EventReader.read`` returns every complete
-message available (a batch), ``[]`` on timeout and ``None`` at the end. ``close`` on a
-reader may be called from another thread: a ``read`` blocked in it returns ``None``.
+message available (a batch), ``[]`` on timeout and ``None`` at the end. The end is the
+writer's ``close`` or its process's exit, whichever comes first. ``EventReader.fileno``
+is a pipe that turns readable when a ``read(0)`` has something to return, so the
+daemon's event loop watches it and reads in its own thread: no reader thread, no
+thread hop per batch. ``close`` on a reader may be called from another thread: a
+``read`` blocked in it returns ``None``.
 
-Names in the system: a channel's segment is ``/mlxd-<16 hex>`` and its semaphores add
-``-d`` and ``-s`` (``/dev/shm/sem.mlxd-...`` on Linux), all mode 0600 and created
-exclusively. The worker unlinks them as soon as it has opened them, and the daemon
-unlinks them again (idempotently) when the worker has spoken and when it exits, so a
-crash of either process leaves nothing behind.
+Names in the system: a channel's segment is ``/mlxd-<16 hex>`` and its semaphore adds
+``-s`` (``/dev/shm/sem.mlxd-...-s`` on Linux), both mode 0600 and created exclusively.
+The worker unlinks them as soon as it has opened them, and the daemon unlinks them again
+(idempotently) when the worker has spoken and when it exits, so a crash of either
+process leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import secrets
 import select
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import posix_ipc
@@ -79,11 +84,16 @@ class EventWriter(Protocol):
 
 
 class EventReader(Protocol):
-    """Daemon side; ``read`` is called from one dedicated thread."""
+    """Daemon side; ``read`` is called from one thread at a time."""
+
+    def fileno(self) -> int:
+        """A file descriptor that is readable while ``read(0)`` may return more than ``[]``."""
+        ...
 
     def read(self, timeout: float | None = None) -> list[bytes] | None:
         """Wait up to ``timeout`` for a message; return all complete messages available,
-        ``[]`` on timeout, ``None`` once the writer has closed and everything was read."""
+        ``[]`` on timeout, ``None`` once the writer is gone and everything was read.
+        ``read(0)`` never blocks."""
         ...
 
     def close(self) -> None:
@@ -94,10 +104,10 @@ class EventReader(Protocol):
 # ------------------------------------------------------------------ shared memory
 
 _NAME_PREFIX = "/mlxd-"
-_SPEC_RE = re.compile(r"/mlxd-[0-9a-f]{16}")
-_DATA_SUFFIX = "-d"
+_SPEC_RE = re.compile(r"(/mlxd-[0-9a-f]{16}):([0-9]{1,9})")
 _SPACE_SUFFIX = "-s"
 _MODE = 0o600
+_DRAIN = 4096  # doorbell bytes taken per read
 
 
 class _PosixSignal:
@@ -132,7 +142,8 @@ class _PosixSignal:
             return False
 
     def _poll(self, timeout: float) -> bool:
-        # macOS has no sem_timedwait: poll, backing off to 1 ms between tries.
+        # macOS has no sem_timedwait: poll, backing off to 1 ms between tries. Only a
+        # writer that found the ring full waits here.
         deadline = time.monotonic() + timeout
         pause = 2e-5
         while True:
@@ -148,39 +159,129 @@ class _PosixSignal:
             pause = min(pause * 2, 1e-3)
 
 
+def _readable(fds: tuple[int, ...], timeout: float | None) -> set[int]:
+    """Those of ``fds`` that are readable within ``timeout`` (poll: descriptors past
+    FD_SETSIZE are fine; select where there is no poll)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        ms = None if timeout is None else math.ceil(timeout * 1000)
+        return {fd for fd, _ in poller.poll(ms)}
+    readable, _, _ = select.select(fds, [], [], timeout)
+    return set(readable)
+
+
+class _Bell:
+    """The writer's end of the doorbell: a flush writes one byte.
+
+    Non-blocking: a full pipe already wakes the reader, so the byte is not needed. A
+    reader that has gone is not an error here; the ring's closed flag reports it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)  # a child of the worker must not keep it open
+        self.fd = fd
+
+    def post(self) -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self.fd, b"\0")
+
+
+class _Doorbell:
+    """The reader's end of the doorbell, a :class:`worker.ring.Signal`.
+
+    ``wait`` takes every byte rung so far as one count. The end of the pipe means that
+    every process holding the writer's end has exited: ``hung_up`` turns true, and the
+    ``wait`` that saw it first counts it as a wake-up. ``post`` (used by ``close`` to
+    wake a blocked ``wait``) rings a private pipe, as the reader never writes its own.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.hung_up = False
+        self._wake_r, self._wake_w = os.pipe()
+
+    def post(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def wait(self, timeout: float | None) -> bool:
+        if self.hung_up:
+            return False
+        if (timeout is None or timeout > 0) and self._wake_r in _readable((self.fd, self._wake_r), timeout):
+            return True
+        rang = False
+        while True:
+            try:
+                chunk = os.read(self.fd, _DRAIN)
+            except BlockingIOError:
+                return rang
+            if not chunk:
+                self.hung_up = True
+                return True
+            rang = True
+            if len(chunk) < _DRAIN:
+                return rang
+
+    def close(self) -> None:
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _unlink_names(name: str) -> None:
     for unlink, path in (
         (posix_ipc.unlink_shared_memory, name),
-        (posix_ipc.unlink_semaphore, name + _DATA_SUFFIX),
         (posix_ipc.unlink_semaphore, name + _SPACE_SUFFIX),
     ):
         with contextlib.suppress(posix_ipc.ExistentialError):
             unlink(path)
 
 
-class ShmChannel:
-    """The daemon's end of one shared-memory channel; build it with :meth:`create`."""
+class _ShmReader(RingReader):
+    """A :class:`worker.ring.RingReader` whose data signal is the doorbell."""
 
     def __init__(
-        self, name: str, mapping: mmap.mmap, data: posix_ipc.Semaphore, space: posix_ipc.Semaphore
+        self, mapping: mmap.mmap, doorbell: _Doorbell, space: _PosixSignal, on_close: Callable[[], None]
+    ) -> None:
+        super().__init__(mapping, doorbell, space, writer_gone=lambda: doorbell.hung_up, on_close=on_close)
+        self._doorbell = doorbell
+
+    def fileno(self) -> int:
+        return self._doorbell.fd
+
+
+class ShmChannel:
+    """The daemon's end of one shared-memory channel; build it with :meth:`create`.
+
+    Start the worker with ``spec`` on its command line and ``pass_fds`` open, then call
+    :meth:`handed_over`, so that the doorbell ends when the worker's process does.
+    """
+
+    def __init__(
+        self, name: str, mapping: mmap.mmap, space: posix_ipc.Semaphore, bell_r: int, bell_w: int
     ) -> None:
         self._name = name
         self._mapping = mapping
-        self._data = data
         self._space = space
-        self._reader: RingReader | None = None
+        self._doorbell = _Doorbell(bell_r)
+        self._bell_w = bell_w
+        self._reader: _ShmReader | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._released = False
 
     @classmethod
     def create(cls, capacity: int = 1 << 20) -> ShmChannel:
-        """A new segment and semaphores under an unguessable name, mode 0600."""
+        """A new segment and semaphore under an unguessable name, mode 0600, and a doorbell."""
         if not MIN_CAPACITY <= capacity <= MAX_CAPACITY:
             raise ValueError(f"capacity must be {MIN_CAPACITY}..{MAX_CAPACITY} bytes, not {capacity}")
         name = _NAME_PREFIX + secrets.token_hex(8)
         size = HEADER_SIZE + capacity
-        sems: list[posix_ipc.Semaphore] = []
+        space: posix_ipc.Semaphore | None = None
         mapping: mmap.mmap | None = None
         try:
             memory = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE, size=size)
@@ -188,22 +289,40 @@ class ShmChannel:
                 mapping = mmap.mmap(memory.fd, size)
             finally:
                 memory.close_fd()
-            for suffix in (_DATA_SUFFIX, _SPACE_SUFFIX):
-                sems.append(posix_ipc.Semaphore(name + suffix, posix_ipc.O_CREX, mode=_MODE, initial_value=0))
+            space = posix_ipc.Semaphore(name + _SPACE_SUFFIX, posix_ipc.O_CREX, mode=_MODE, initial_value=0)
             format_ring(mapping)
+            bell_r, bell_w = os.pipe()
         except BaseException:
             _unlink_names(name)
-            for sem in sems:
-                sem.close()
+            if space is not None:
+                space.close()
             if mapping is not None:
                 mapping.close()
             raise
-        return cls(name, mapping, sems[0], sems[1])
+        return cls(name, mapping, space, bell_r, bell_w)
+
+    @property
+    def name(self) -> str:
+        """The segment's name in the system (the semaphore's adds ``-s``)."""
+        return self._name
 
     @property
     def spec(self) -> str:
-        """What the worker passes to :func:`attach_shm_writer`."""
-        return self._name
+        """What the worker passes to :func:`attach_shm_writer`: the name and the doorbell's fd."""
+        return f"{self._name}:{self._bell_w}"
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """The descriptors the worker's process must inherit (``subprocess``'s ``pass_fds``)."""
+        return () if self._bell_w < 0 else (self._bell_w,)
+
+    def handed_over(self) -> None:
+        """Close the daemon's copy of the doorbell's writing end, once the worker holds it.
+        Idempotent."""
+        with self._lock:
+            fd, self._bell_w = self._bell_w, -1
+        if fd >= 0:
+            os.close(fd)
 
     def reader(self) -> EventReader:
         """The channel's one reader (the same object on every call)."""
@@ -211,9 +330,8 @@ class ShmChannel:
             if self._closed:
                 raise ValueError("the channel is closed")
             if self._reader is None:
-                self._reader = RingReader(
-                    self._mapping, _PosixSignal(self._data), _PosixSignal(self._space), on_close=self.close
-                )
+                space = _PosixSignal(self._space)
+                self._reader = _ShmReader(self._mapping, self._doorbell, space, self.close)
             return self._reader
 
     def unlink(self) -> None:
@@ -221,7 +339,8 @@ class ShmChannel:
         _unlink_names(self._name)
 
     def close(self) -> None:
-        """Close the reader, unlink the names, unmap, close the semaphores. Idempotent.
+        """Close the reader, unlink the names, unmap, close the semaphore and the pipe.
+        Idempotent.
 
         Closing the reader also closes its channel, so either call releases everything.
         """
@@ -233,50 +352,55 @@ class ShmChannel:
         if reader is not None:
             reader.close()  # wakes and waits out a read in progress, then calls us back
         self.unlink()
+        self.handed_over()
         with self._lock:
             if self._released:
                 return
             self._released = True
         self._mapping.close()
-        self._data.close()
         self._space.close()
+        self._doorbell.close()
 
 
 def attach_shm_writer(spec: str) -> EventWriter:
     """Open the channel named by ``spec`` as its writer, then unlink its names.
 
-    While the ring is full the writer also gives up (BrokenPipeError) once its parent
-    process, the daemon, has changed: a daemon that died never closes its reader.
+    The writer owns the doorbell's descriptor named in ``spec`` from here on. While the
+    ring is full the writer also gives up (BrokenPipeError) once its parent process, the
+    daemon, has changed: a daemon that died never closes its reader.
     """
-    if not _SPEC_RE.fullmatch(spec):
+    match = _SPEC_RE.fullmatch(spec)
+    if match is None:
         raise ValueError(f"not a shared-memory channel spec: {spec!r}")
-    memory = posix_ipc.SharedMemory(spec)
+    name, bell_fd = match[1], int(match[2])
+    memory = posix_ipc.SharedMemory(name)
     try:
         mapping = mmap.mmap(memory.fd, memory.size)
     finally:
         memory.close_fd()
     try:
-        data = posix_ipc.Semaphore(spec + _DATA_SUFFIX)
+        space = posix_ipc.Semaphore(name + _SPACE_SUFFIX)
         try:
-            space = posix_ipc.Semaphore(spec + _SPACE_SUFFIX)
+            bell = _Bell(bell_fd)
         except BaseException:
-            data.close()
+            space.close()
             raise
     except BaseException:
         mapping.close()
         raise
-    _unlink_names(spec)
+    _unlink_names(name)
     parent = os.getppid()
 
     def release() -> None:
         mapping.close()
-        data.close()
         space.close()
+        with contextlib.suppress(OSError):
+            os.close(bell.fd)
 
     try:
         return RingWriter(
             mapping,
-            _PosixSignal(data),
+            bell,
             _PosixSignal(space),
             peer_alive=lambda: os.getppid() == parent,
             on_close=release,
@@ -372,16 +496,19 @@ class _StdioReader:
                     return messages
                 if self._eof or self._guard.closed:
                     return None  # a truncated last frame (writer killed mid-write) is dropped
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return []
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 ready = self._wait(remaining)
                 if self._wake_r in ready:
                     return None
                 if self._fd in ready:
                     self._fill()
+                elif remaining == 0.0:
+                    return []
         finally:
             self._guard.leave()
+
+    def fileno(self) -> int:
+        return self._fd
 
     def close(self) -> None:
         self._guard.close(self._wake)
