@@ -1,12 +1,13 @@
 """Worker → daemon event delivery, without a model: how long an event takes from the
 worker's flush to the daemon's event loop, and what it costs the daemon.
 
-    python -m bench.delivery --events 2000 --interval-ms 2 --rounds 3 [--table]
+    python -m bench.delivery --events 2000 --interval-ms 2 --rounds 3 [--payload-bytes N] [--table]
 
 A child process writes one token event per flush every ``--interval-ms`` through the
 real transport (``shm`` and ``stdio``), stamped with the monotonic clock, which the
 processes of one machine share, as the worker does for a lone stream. This process
-reads the events two ways, alternately, round by round:
+reads the events two ways, alternately, round by round (``--payload-bytes`` pads each
+event's text, e.g. to the size of an embedding batch):
 
 * ``loop``: the event loop watches the transport's descriptor and reads in its own
   thread (what the daemon does);
@@ -38,13 +39,13 @@ WRITER = """
 import os, sys, time
 from worker import protocol
 from worker.transport import attach_shm_writer, stdio_writer
-ipc, events, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-writer = attach_shm_writer(sys.argv[4]) if ipc == "shm" else stdio_writer(os.dup(1))
+ipc, events, interval, pad = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), " " * int(sys.argv[4])
+writer = attach_shm_writer(sys.argv[5]) if ipc == "shm" else stdio_writer(os.dup(1))
 next_at = time.monotonic() + 0.2  # the reader is watching by then
 for i in range(events):
     while (pause := next_at - time.monotonic()) > 0:
         time.sleep(pause)
-    writer.send(protocol.text(1, "%d %s" % (time.monotonic_ns(), " token")))
+    writer.send(protocol.text(1, "%d token%s" % (time.monotonic_ns(), pad)))
     writer.flush()
     next_at += interval
 writer.close()
@@ -53,9 +54,12 @@ writer.close()
 WAYS = ("loop", "thread")
 
 
-def _spawn(ipc: str, events: int, interval: float) -> tuple[subprocess.Popen[bytes], EventReader, Any]:
+Spawned = tuple[subprocess.Popen[bytes], EventReader, Any]
+
+
+def _spawn(ipc: str, events: int, interval: float, pad: int) -> Spawned:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-c", WRITER, ipc, str(events), str(interval)]
+    args = [sys.executable, "-c", WRITER, ipc, str(events), str(interval), str(pad)]
     if ipc == "shm":
         channel = ShmChannel.create()
         proc = subprocess.Popen([*args, channel.spec], cwd=ROOT, env=env, pass_fds=channel.pass_fds)
@@ -125,8 +129,8 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_round(ipc: str, way: str, events: int, interval: float) -> dict[str, float]:
-    proc, reader, owner = _spawn(ipc, events, interval)
+def one_round(ipc: str, way: str, events: int, interval: float, pad: int = 0) -> dict[str, float]:
+    proc, reader, owner = _spawn(ipc, events, interval, pad)
     try:
         cpu = _cpu_seconds()
         latencies = sorted(asyncio.run(_receive(reader, way)))
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval-ms", type=float, default=2.0, help="time between the writer's flushes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per transport and way, interleaved")
     parser.add_argument("--ipc", choices=["shm", "stdio", "both"], default="both")
+    parser.add_argument("--payload-bytes", type=int, default=0, help="padding added to each event's text")
     parser.add_argument("--table", action="store_true", help="also print a readable table (stderr)")
     args = parser.parse_args(argv)
     ipcs = ["shm", "stdio"] if args.ipc == "both" else [args.ipc]
@@ -160,8 +165,14 @@ def main(argv: list[str] | None = None) -> None:
         ways = WAYS if r % 2 == 0 else WAYS[::-1]
         for ipc in ipcs:
             for way in ways:
-                runs[f"{ipc}_{way}"].append(one_round(ipc, way, args.events, args.interval_ms / 1000))
-    result: dict[str, Any] = {"events": args.events, "interval_ms": args.interval_ms, "rounds": args.rounds}
+                interval = args.interval_ms / 1000
+                runs[f"{ipc}_{way}"].append(one_round(ipc, way, args.events, interval, args.payload_bytes))
+    result: dict[str, Any] = {
+        "events": args.events,
+        "interval_ms": args.interval_ms,
+        "rounds": args.rounds,
+        "payload_bytes": args.payload_bytes,
+    }
     for key, rounds in runs.items():
         for field in rounds[0]:
             result[f"{key}_{field}"] = round(median([r[field] for r in rounds]), 1)
