@@ -58,7 +58,8 @@ Spawned = tuple[subprocess.Popen[bytes], EventReader, Any]
 
 
 def _spawn(ipc: str, events: int, interval: float, pad: int) -> Spawned:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, "PYTHONPATH": path}
     args = [sys.executable, "-c", WRITER, ipc, str(events), str(interval), str(pad)]
     if ipc == "shm":
         channel = ShmChannel.create()
