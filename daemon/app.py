@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from daemon.config import Settings
 from daemon.engine import Engine, EngineError
 from daemon.errors import ApiError, CatchAllMiddleware, api_error_handler, http_exception_handler
+from daemon.lookup import ModelLookup
 from daemon.middleware import hygiene_middleware
 from daemon.openai import routes as openai_routes
 from daemon.routes import Services, routes
@@ -54,7 +55,7 @@ def create_app(settings: Settings, engine: Engine, store: Store, drain: Drain | 
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # TrailingSlashMiddleware redirects as gin does
-    app.state.services = Services(settings=settings, engine=engine, store=store)
+    app.state.services = Services(settings=settings, engine=engine, store=store, models=ModelLookup(store))
     app.state.drain = drain
     app.state.puller = Puller(store)  # replaceable (tests point it at a fake hub)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -107,9 +108,7 @@ async def test_unexpected_exception_is_a_plain_500(
     app: Starlette, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, good: int
 ) -> None:
     engine = BrokenEngine(good)
-    app.state.services = type(app.state.services)(
-        app.state.services.settings, engine, app.state.services.store
-    )
+    app.state.services = dataclasses.replace(app.state.services, engine=engine)
     with caplog.at_level(logging.ERROR, logger="mlxd.http"):
         response = await client.post("/api/generate", json=GENERATE)
     if good:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from daemon.config import Settings
 from daemon.engine import Engine, ModelHandle
 from daemon.errors import ApiError
+from daemon.lookup import ModelLookup
 from registry.names import InvalidName
 from registry.store import InstalledModel, Store
 
@@ -24,6 +24,7 @@ class Services:
     settings: Settings
     engine: Engine
     store: Store
+    models: ModelLookup  # name → installed model, over ``store``
 
 
 def services(request: Request) -> Services:
@@ -31,10 +32,10 @@ def services(request: Request) -> Services:
     return found
 
 
-async def find_model(store: Store, text: str) -> InstalledModel | None:
+async def find_model(svc: Services, text: str) -> InstalledModel | None:
     """The installed model a request names, or None; an invalid name is a 400."""
     try:
-        return await run_in_threadpool(store.resolve, text.strip())
+        return await svc.models.find(text.strip())
     except InvalidName:
         raise ApiError(INVALID_MODEL_NAME) from None
 

@@ -63,7 +63,7 @@ def as_json(vectors: npt.NDArray[np.float32], dtype: str = "float32") -> npt.NDA
 
 
 async def _model(svc: Services, name: str) -> InstalledModel:
-    model = await find_model(svc.store, name)
+    model = await find_model(svc, name)
     if model is None:
         raise not_found(name)
     return model

@@ -61,7 +61,7 @@ async def start_call(request: Request, body: InferenceBody, started_ns: int, emp
     if not body.model.strip():
         raise empty_model
     svc = services(request)
-    model = await find_model(svc.store, body.model)
+    model = await find_model(svc, body.model)
     if model is None:
         raise ApiError(f"model '{body.model}' not found", 404)
     return Call(request, svc, body, model, model_handle(model), started_ns)

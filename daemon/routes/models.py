@@ -96,7 +96,7 @@ async def show(request: Request) -> Response:
         name = parse_name(body.model.strip())
     except InvalidName:
         raise ApiError(INVALID_MODEL_NAME) from None
-    model = await find_model(services(request).store, body.model)
+    model = await find_model(services(request), body.model)
     if model is None:
         raise ApiError(f"model '{name.display()}' not found", 404)
     return JSONResponse(await run_in_threadpool(show_response, model, body))
