@@ -202,6 +202,7 @@ class _Doorbell:
         os.set_blocking(fd, False)
         self.fd = fd
         self.hung_up = False
+        self._emptied = False
         self._wake_r, self._wake_w = os.pipe()
 
     def post(self) -> None:
@@ -211,8 +212,15 @@ class _Doorbell:
     def wait(self, timeout: float | None) -> bool:
         if self.hung_up:
             return False
-        if (timeout is None or timeout > 0) and self._wake_r in _readable((self.fd, self._wake_r), timeout):
-            return True
+        if timeout is None or timeout > 0:
+            self._emptied = False
+            if self._wake_r in _readable((self.fd, self._wake_r), timeout):
+                return True
+        elif self._emptied:
+            # The read before this one left the pipe empty: the ring reader's "anything
+            # more?" needs no second read (a byte rung since stays for the next wake-up).
+            self._emptied = False
+            return False
         rang = False
         while True:
             try:
@@ -224,6 +232,7 @@ class _Doorbell:
                 return True
             rang = True
             if len(chunk) < _DRAIN:
+                self._emptied = True
                 return rang
 
     def close(self) -> None:
