@@ -129,7 +129,7 @@ class WorkerProcess:
             self._reader = stdio_reader(self._proc.stdout.fileno())
         self._loop.add_reader(self._reader.fileno(), self._on_readable)
         self._watching = True
-        self._monitor = self._loop.create_task(self._watch(), name=f"monitor-{self.model.name}")
+        self._monitor = self._loop.create_task(self._watch(self._proc), name=f"monitor-{self.model.name}")
         try:
             self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except asyncio.TimeoutError:
@@ -140,7 +140,7 @@ class WorkerProcess:
             raise
         return self.info
 
-    async def _watch(self) -> None:
+    async def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         """Notice a worker that exited without its event stream ending (a child of its
         own still holds the descriptor), and kill one that has owed events for ``stall``
         seconds without sending any (hung, stopped, deadlocked): its requests end with an
@@ -148,9 +148,6 @@ class WorkerProcess:
         interval = _POLL_SECONDS if self.stall <= 0 else min(self.stall / 4, _POLL_SECONDS)
         while not self._exited.is_set():
             await asyncio.sleep(interval)
-            proc = self._proc
-            if proc is None:
-                continue
             if proc.poll() is not None:
                 self._read_rest()
                 self._on_exit()
@@ -179,32 +176,29 @@ class WorkerProcess:
     def _on_readable(self) -> None:
         """The loop's callback for the reader's descriptor: dispatch what has come; at
         the end of the stream the worker is gone."""
-        if not self._watching:
-            return
-        try:
-            batch = self._reader.read(0) if self._reader is not None else None
-            if batch:
-                self._dispatch(batch)
-                return
-        except Exception:
-            log.exception("event stream of the worker for %s failed", self.model.name)
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()  # a worker the daemon cannot hear is of no use
-            batch = None
-        if batch is None:
+        if self._watching and self._pump() is None:
             self._on_exit()
 
     def _read_rest(self) -> None:
         """Dispatch whatever the worker published before it exited."""
-        while self._watching and self._reader is not None:
-            try:
-                batch = self._reader.read(0)
-            except Exception:
-                log.exception("event stream of the worker for %s failed", self.model.name)
-                return
-            if not batch:
-                return
-            self._dispatch(batch)
+        while self._pump():
+            pass
+
+    def _pump(self) -> list[bytes] | None:
+        """One read of the event stream, dispatched: the batch (``[]``: nothing new), or
+        None at its end or when it fails."""
+        if not self._watching or self._reader is None:
+            return None
+        try:
+            batch = self._reader.read(0)
+            if batch:
+                self._dispatch(batch)
+            return batch
+        except Exception:
+            log.exception("event stream of the worker for %s failed", self.model.name)
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()  # a worker the daemon cannot hear is of no use
+            return None
 
     def _unwatch(self) -> None:
         if self._watching:
