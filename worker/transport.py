@@ -159,17 +159,25 @@ class _PosixSignal:
             pause = min(pause * 2, 1e-3)
 
 
-def _readable(fds: tuple[int, ...], timeout: float | None) -> set[int]:
-    """Those of ``fds`` that are readable within ``timeout`` (poll: descriptors past
-    FD_SETSIZE are fine; select where there is no poll)."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        ms = None if timeout is None else math.ceil(timeout * 1000)
-        return {fd for fd, _ in poller.poll(ms)}
-    readable, _, _ = select.select(fds, [], [], timeout)
-    return set(readable)
+class _Poller:
+    """Waits until some of a fixed set of descriptors are readable: poll where there is
+    one (descriptors past FD_SETSIZE are fine), select elsewhere."""
+
+    def __init__(self, *fds: int) -> None:
+        self._fds = fds
+        self._poll: select.poll | None = None
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            for fd in fds:
+                self._poll.register(fd, select.POLLIN)
+
+    def ready(self, timeout: float | None) -> set[int]:
+        """The readable descriptors, waiting up to ``timeout`` for one (None: no limit)."""
+        if self._poll is not None:
+            ms = None if timeout is None else math.ceil(timeout * 1000)
+            return {fd for fd, _ in self._poll.poll(ms)}
+        readable, _, _ = select.select(self._fds, [], [], timeout)
+        return set(readable)
 
 
 class _Bell:
@@ -204,6 +212,7 @@ class _Doorbell:
         self.hung_up = False
         self._emptied = False
         self._wake_r, self._wake_w = os.pipe()
+        self._poller = _Poller(fd, self._wake_r)
 
     def post(self) -> None:
         with contextlib.suppress(OSError):
@@ -214,7 +223,7 @@ class _Doorbell:
             return False
         if timeout is None or timeout > 0:
             self._emptied = False
-            if self._wake_r in _readable((self.fd, self._wake_r), timeout):
+            if self._wake_r in self._poller.ready(timeout):
                 return True
         elif self._emptied:
             # The read before this one left the pipe empty: the ring reader's "anything
@@ -488,11 +497,7 @@ class _StdioReader:
         self._eof = False
         self._guard = CloseGuard()
         self._wake_r, self._wake_w = os.pipe()
-        self._poller: select.poll | None = None
-        if hasattr(select, "poll"):
-            self._poller = select.poll()
-            self._poller.register(fd, select.POLLIN)
-            self._poller.register(self._wake_r, select.POLLIN)
+        self._poller = _Poller(fd, self._wake_r)
 
     def read(self, timeout: float | None = None) -> list[bytes] | None:
         if not self._guard.enter():
@@ -506,7 +511,7 @@ class _StdioReader:
                 if self._eof or self._guard.closed:
                     return None  # a truncated last frame (writer killed mid-write) is dropped
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                ready = self._wait(remaining)
+                ready = self._poller.ready(remaining)
                 if self._wake_r in ready:
                     return None
                 if self._fd in ready:
@@ -529,13 +534,6 @@ class _StdioReader:
     def _wake(self) -> None:
         os.write(self._wake_w, b"\0")
 
-    def _wait(self, timeout: float | None) -> set[int]:
-        if self._poller is not None:
-            ms = None if timeout is None else math.ceil(timeout * 1000)
-            return {fd for fd, _ in self._poller.poll(ms)}
-        readable, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
-        return set(readable)
-
     def _fill(self) -> None:
         """Read what the pipe holds now, in 64 KiB reads while they come back full."""
         while True:
@@ -547,7 +545,7 @@ class _StdioReader:
                 self._eof = True
                 return
             self._buf += chunk
-            if len(chunk) < _READ_CHUNK or self._fd not in self._wait(0):
+            if len(chunk) < _READ_CHUNK or self._fd not in self._poller.ready(0):
                 return
 
     def _parse(self) -> list[bytes]:
