@@ -290,9 +290,7 @@ def _product(layer: Quantized, x: mx.array) -> mx.array | None:
     if not 2 <= rows <= MAX_ROWS or x.dtype not in _HALF:
         return None
     route = STRATEGY if STRATEGY != "auto" else _choice.get(_BUCKET_OF[rows], "stock")
-    if route == "mma" and batched_mma.supported(
-        layer["weight"], layer.bits, layer.group_size, getattr(layer, "mode", "affine")
-    ):
+    if route == "mma" and _mma_fits(layer):
         return batched_mma.batched_mma(x, layer["weight"], layer["scales"], layer["biases"], layer.group_size)
     if route in ("kernel", "mma"):  # the tensor-core kernel takes 4-bit weights only
         return batched_qmv(x, layer["weight"], layer["scales"], layer["biases"], layer.bits, layer.group_size)
@@ -309,6 +307,18 @@ def _product(layer: Quantized, x: mx.array) -> mx.array | None:
         bits=layer.bits,
     )
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _mma_fits(layer: Quantized) -> bool:
+    """Whether the tensor-core kernel takes the layer's weights. Fixed per layer, and
+    asked for every product of every batched step: worked out once, kept on the layer."""
+    try:
+        fits: bool = layer._mlxd_mma_fits
+    except AttributeError:
+        mode = getattr(layer, "mode", "affine")
+        fits = batched_mma.supported(layer["weight"], layer.bits, layer.group_size, mode)
+        layer._mlxd_mma_fits = fits  # a plain attribute: not a parameter of the model
+    return fits
 
 
 class BatchedQuantizedLinear(nn.QuantizedLinear):
