@@ -27,44 +27,37 @@ TILE_K = 32  # K per loop step: two m16n8k16 steps, one 16-byte load per weight 
 WARPS = 8  # per thread block
 _TARGET_WARPS = 8192  # about what an H100/H200 holds at once (132 SMs × 64)
 
-_HEADER = """
+# One specialization per activation type, written out from one template: an inline-asm
+# string must be a literal, so C++ cannot pick the PTX type names itself.
+_HALF_TYPE = """
+template <>
+struct MlxdHalf<{scalar}> {{
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {{
+        {pair} v = {convert}(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&v);
+    }}
+    static __device__ __forceinline__ void mma(
+        float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {{
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.{ptx}.{ptx}.f32 "
+            "{{%0,%1,%2,%3}}, {{%4,%5,%6,%7}}, {{%8,%9}}, {{%0,%1,%2,%3}};\\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }}
+}};
+"""
+_HEADER = (
+    """
 // Half pairs and the tensor-core step for each activation type (MLX's headers bring
 // cuda_bf16.h and cuda_fp16.h).
 template <typename T>
 struct MlxdHalf;
-
-template <>
-struct MlxdHalf<__nv_bfloat16> {
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&v);
-    }
-    static __device__ __forceinline__ void mma(
-        float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-
-template <>
-struct MlxdHalf<__half> {
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&v);
-    }
-    static __device__ __forceinline__ void mma(
-        float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-
+"""
+    + _HALF_TYPE.format(
+        scalar="__nv_bfloat16", pair="__nv_bfloat162", convert="__floats2bfloat162_rn", ptx="bf16"
+    )
+    + _HALF_TYPE.format(scalar="__half", pair="__half2", convert="__floats2half2_rn", ptx="f16")
+    + """
 // Two dequantized 4-bit values (nibbles i and i + 1 of a packed word) as a half pair.
 template <typename T>
 __device__ __forceinline__ uint32_t mlxd_dq2(uint32_t word, int i, float s, float b) {
@@ -78,6 +71,7 @@ __device__ __forceinline__ uint32_t mlxd_x2(const unsigned short* x, size_t at) 
     return static_cast<uint32_t>(x[at]) | (static_cast<uint32_t>(x[at + 1]) << 16);
 }
 """
+)
 
 _SOURCE = """
     // Fragment layout of mma.m16n8k16 (PTX ISA): lane = 4 * g + t.
