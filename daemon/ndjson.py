@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import orjson
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from daemon.disconnect import DisconnectWatch
 from daemon.engine import EngineError
 
 log = logging.getLogger("mlxd.http")
 
 JSON_MEDIA_TYPE = "application/json; charset=utf-8"
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
-
-T = TypeVar("T")
 
 
 class JSONResponse(Response):
@@ -69,10 +68,15 @@ class NDJSONResponse(StreamingResponse):
 
     An exception raised by ``lines`` after the response started becomes a final
     ``{"error"}`` line. The iterator is closed in every case, a client disconnect included.
+    Every line is sent from the handler's own task; ``watch`` (the handler's, when it waited
+    for the first line under one) notices a disconnect, else one is started here.
     """
 
-    def __init__(self, lines: AsyncIterator[bytes], status_code: int = 200) -> None:
+    def __init__(
+        self, lines: AsyncIterator[bytes], status_code: int = 200, watch: DisconnectWatch | None = None
+    ) -> None:
         self._lines = lines
+        self._watch = watch
         super().__init__(self._guarded(), status_code, media_type=NDJSON_MEDIA_TYPE)
 
     async def _guarded(self) -> AsyncIterator[bytes]:
@@ -88,38 +92,13 @@ class NDJSONResponse(StreamingResponse):
             await aclose(self._lines)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = self._watch or DisconnectWatch(receive)
         try:
-            await super().__call__(scope, receive, send)
+            with watch.guard():
+                await self.stream_response(send)
         finally:
+            watch.close()
             await aclose(self.body_iterator)
-
-
-async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
-    """Run ``work`` but cancel it if the client disconnects first; ``None`` when cancelled.
-
-    For the parts of a request that run before the response starts (a non-streamed
-    generation, the wait for the first chunk): nothing else listens for a disconnect then.
-    """
-    result: T | None = None
-    failure: Exception | None = None
-    async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            while True:
-                message: Message = await receive()
-                if message["type"] == "http.disconnect":
-                    group.cancel_scope.cancel()
-                    return
-
-        group.start_soon(watch)
-        try:
-            result = await work()
-        except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
-            failure = exc
-        group.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return result
 
 
 class Clock:

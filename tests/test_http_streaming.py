@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -138,10 +139,16 @@ async def test_unexpected_exception_in_a_handler(
 
 
 async def call_raw(
-    app: Starlette, path: str, payload: dict[str, Any], disconnect_after_chunks: int, slow_send: float = 0.0
+    app: Starlette,
+    path: str,
+    payload: dict[str, Any],
+    disconnect_after_chunks: int,
+    slow_send: float = 0.0,
+    senders: list[asyncio.Task[Any] | None] | None = None,
 ) -> list[Message]:
     """Drive the ASGI app by hand: the client goes away after ``disconnect_after_chunks`` body
-    chunks; ``slow_send`` makes each body write take that long (a slow network)."""
+    chunks; ``slow_send`` makes each body write take that long (a slow network); ``senders``
+    collects the task that sent each message."""
     sent: list[Message] = []
     chunks = 0
     gone = anyio.Event()
@@ -160,6 +167,8 @@ async def call_raw(
     async def send(message: Message) -> None:
         nonlocal chunks
         sent.append(message)
+        if senders is not None:
+            senders.append(asyncio.current_task())
         if message["type"] == "http.response.body" and message.get("body"):
             chunks += 1
             if chunks >= disconnect_after_chunks:
@@ -235,6 +244,16 @@ async def test_a_finished_stream_is_not_closed_early(app: Starlette, engine: Scr
     bodies = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert bodies.count(b"\n") == 3
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_every_line_is_sent_from_the_request_s_own_task(app: Starlette, engine: ScriptedEngine) -> None:
+    """No task hop between the handler and ``send`` (a hop delays the first line by a loop
+    iteration); the disconnect watch is the only other task, and it never sends."""
+    engine.script = [T("a"), T("b"), DONE]
+    senders: list[asyncio.Task[Any] | None] = []
+    sent = await call_raw(app, "/api/generate", GENERATE, disconnect_after_chunks=99, senders=senders)
+    assert len(sent) == 5  # start, three lines, end
+    assert set(senders) == {asyncio.current_task()}
 
 
 async def test_load_and_unload_answers_are_json(client: httpx.AsyncClient) -> None:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from daemon.capabilities import capabilities
+from daemon.disconnect import DisconnectWatch, until_disconnect
 from daemon.durations import go_quote
 from daemon.engine import (
     EngineError,
@@ -29,7 +30,7 @@ from daemon.engine import (
     ThinkingChunk,
 )
 from daemon.errors import ApiError
-from daemon.ndjson import JSONResponse, NDJSONResponse, aclose, clock, dumps_line, until_disconnect
+from daemon.ndjson import JSONResponse, NDJSONResponse, aclose, clock, dumps_line
 from daemon.options import OptionError, Options, resolve_options
 from daemon.routes import Services, find_model, model_handle, services
 from daemon.schemas import InferenceBody, validate_top_logprobs
@@ -282,18 +283,25 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
             return JSONResponse(shape.rendered(collected[0].content))
         return JSONResponse(final(*collected))
 
+    # One disconnect watch for the wait and the whole stream; the stream closes it.
+    watch = DisconnectWatch(receive)
+    first: GenerationEvent | None = None
     try:
-        first = await until_disconnect(receive, lambda: anext(events))
+        with watch.guard():
+            first = await anext(events)
     except StopAsyncIteration:
+        watch.close()
         await release()
         raise EngineError(INCOMPLETE) from None
     except BaseException:
+        watch.close()
         await release()
         raise
-    if first is None:
+    if first is None:  # the client went away
+        watch.close()
         await release()
         return Response(status_code=CLIENT_CLOSED)
-    return NDJSONResponse(_lines(first, events, shape, final, release))
+    return NDJSONResponse(_lines(first, events, shape, final, release), watch=watch)
 
 
 async def _collect(events: AsyncIterator[GenerationEvent]) -> tuple[Output, Finished]:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from daemon.disconnect import until_disconnect
 from daemon.errors import ApiError
 from daemon.ndjson import (
     JSONResponse,
@@ -25,7 +26,6 @@ from daemon.ndjson import (
     dumps_line,
     error_line,
     error_response,
-    until_disconnect,
 )
 from daemon.routes import INVALID_MODEL_NAME
 from daemon.schemas import read_json
