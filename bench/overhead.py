@@ -109,6 +109,13 @@ def overhead_interval(native: list[float], server: list[float], draws: int = 200
     return values[int(0.025 * (draws - 1))], values[int(0.975 * (draws - 1))]
 
 
+def median_interval(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval for the median of ``values`` (fixed seed)."""
+    rng = random.Random(0)
+    medians = sorted(median([values[rng.randrange(len(values))] for _ in values]) for _ in range(draws))
+    return medians[int(0.025 * (draws - 1))], medians[int(0.975 * (draws - 1))]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
     common_args(parser)
@@ -141,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     native_speed = [n[0] for n, _ in rounds]
     server_speed = [s[0] for _, s in rounds]
     native_tok_s, server_tok_s = median(native_speed), median(server_speed)
+    # What the server adds to each round's TTFT: both sides prefill the same fresh prompt.
+    ttft_extra = [s[1] - n[1] for n, s in rounds]
     emit(
         {
             "bench": "overhead",
@@ -158,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
             "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
             "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
             "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
+            "ttft_extra_ms_paired_median": round(median(ttft_extra), 2),
+            "ttft_extra_ms_ci95": [round(v, 2) for v in median_interval(ttft_extra)],
+            "native_ttft_ms_runs": [round(n[1], 2) for n, _ in rounds],
+            "server_ttft_ms_runs": [round(s[1], 2) for _, s in rounds],
             "native_tok_s_runs": [round(v, 2) for v in native_speed],
             "server_tok_s_runs": [round(v, 2) for v in server_speed],
             # The worker's own decode speed, as its final chunk reports it: a gap between this

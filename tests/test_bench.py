@@ -45,6 +45,18 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert len(result["native_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 2
     low, high = result["overhead_pct_ci95"]
     assert low <= high
+    extra = [s - n for n, s in zip(result["native_ttft_ms_runs"], result["server_ttft_ms_runs"], strict=True)]
+    assert result["ttft_extra_ms_paired_median"] == pytest.approx(sum(extra) / 2, abs=0.02)
+    low, high = result["ttft_extra_ms_ci95"]
+    assert min(extra) - 0.01 <= low <= high <= max(extra) + 0.01
+
+
+def test_the_median_interval_brackets_the_median() -> None:
+    from bench.overhead import median_interval
+
+    low, high = median_interval([5.0, 5.1, 4.9, 5.0, 5.2, 4.8, 5.0])
+    assert 4.8 <= low <= 5.0 <= high <= 5.2
+    assert median_interval([3.0]) == (3.0, 3.0)
 
 
 def test_the_overhead_interval_is_narrow_for_steady_rounds_and_wide_for_noisy_ones() -> None:
