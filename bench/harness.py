@@ -8,11 +8,12 @@ import os
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,25 @@ def device_name() -> str:
 def prompt_text(tokens: int) -> str:
     """A prompt of about ``tokens`` tokens for the random models (one per character)."""
     return ("The quick brown fox jumps over the lazy dog. " * (tokens // 45 + 1))[:tokens]
+
+
+def distinct_prompts(encode: Callable[[str], list[int]], text: str, count: int) -> list[str]:
+    """``count`` variants of ``text`` of one token length, each starting with a token that no
+    other starts with.
+
+    For TTFT rounds: one length means one set of kernel shapes (on CUDA the first prompt of a
+    new length compiles kernels, tens of milliseconds), and distinct first tokens mean no
+    round can reuse another's prefix from the server's prompt cache. ``encode`` must not add
+    special tokens."""
+    by_length: dict[int, dict[int, str]] = {}
+    for mark in string.ascii_letters + string.digits:
+        prompt = f"{mark}. {text}"
+        ids = encode(prompt)
+        by_length.setdefault(len(ids), {}).setdefault(ids[0], prompt)
+    found = max(by_length.values(), key=len)
+    if len(found) < count:
+        raise ValueError(f"only {len(found)} distinct prompts of one length: use fewer rounds")
+    return list(found.values())[:count]
 
 
 def emit(result: dict[str, Any], table: bool) -> None:

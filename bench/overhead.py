@@ -7,7 +7,8 @@ Native: ``generate_step`` in this process, greedy, timed per token. Server: a re
 from the client: TTFT from sending the request to the first chunk, decode speed from the
 first to the last chunk. The two take turns against one running daemon (an idle worker
 uses no CPU), each round in the other order than the last and with a prompt of its own
-(TTFT is a cold prefill on both sides). Both sides make exactly
+that shares no prefix with another and has the warm-up's length (TTFT is a cold prefill of
+already-compiled shapes on both sides). Both sides make exactly
 ``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints one JSON object.
 """
 
@@ -23,7 +24,16 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.harness import common_args, daemon, device_name, emit, median, prompt_text, resolve_model
+from bench.harness import (
+    common_args,
+    daemon,
+    device_name,
+    distinct_prompts,
+    emit,
+    median,
+    prompt_text,
+    resolve_model,
+)
 
 
 class Native:
@@ -39,6 +49,11 @@ class Native:
 
     def prompt_tokens(self, prompt: str) -> int:
         return len(self.tokenizer.encode(prompt))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids without special tokens."""
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
 
     def run(self, prompt: str) -> tuple[float, float]:
         """(tok/s, TTFT ms) of one generation."""
@@ -127,22 +142,23 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = resolve_model(args.model)
     text = prompt_text(args.prompt_tokens)
     with daemon(model_dir, ipc=args.ipc) as url, httpx.Client(timeout=None) as client:
-        server_run(client, url, "warm-up " + text, args.tokens)  # loads the worker's model
         native = Native(model_dir, args.tokens)
-        native.run("warm-up " + text)  # compiles the kernels, as the worker does at load
-        # Each round has a prompt of its own (so TTFT is a cold prefill on both sides, not
-        # the server's prompt cache), and rounds alternate which side goes first, so a
-        # drift of the machine's speed over the benchmark falls on both sides alike.
+        # A prompt per round (so TTFT is a cold prefill on both sides, not the server's prompt
+        # cache), all of the warm-up's length (so no round compiles kernels for a new shape).
+        warm_up, *prompts = distinct_prompts(native.encode, text, args.runs + 1)
+        server_run(client, url, warm_up, args.tokens)  # loads the worker's model
+        native.run(warm_up)  # compiles the kernels, as the worker does at load
+        # Rounds alternate which side goes first, so a drift of the machine's speed over the
+        # benchmark falls on both sides alike.
         rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = []
-        for r in range(args.runs):
-            prompt = f"Round {r}. {text}"
+        for r, prompt in enumerate(prompts):
             if r % 2 == 0:
                 n = native.run(prompt)
                 rounds.append((n, server_run(client, url, prompt, args.tokens)))
             else:
                 s = server_run(client, url, prompt, args.tokens)
                 rounds.append((native.run(prompt), s))
-        n_prompt = native.prompt_tokens(f"Round 0. {text}")
+        n_prompt = native.prompt_tokens(prompts[0])
         del native
         gc.collect()
     native_speed = [n[0] for n, _ in rounds]

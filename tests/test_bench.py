@@ -51,6 +51,27 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert min(extra) - 0.01 <= low <= high <= max(extra) + 0.01
 
 
+def test_round_prompts_have_one_length_and_distinct_first_tokens() -> None:
+    from bench.harness import distinct_prompts
+
+    def chars(text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    prompts = distinct_prompts(chars, "The quick brown fox", 10)
+    assert len(prompts) == 10 and all(p.endswith("The quick brown fox") for p in prompts)
+    assert len({len(chars(p)) for p in prompts}) == 1
+    assert len({chars(p)[0] for p in prompts}) == 10
+
+    def words_or_digits(text: str) -> list[int]:
+        """Letters are one token each; a digit and its period are two (a longer prompt)."""
+        return [ord(c) for c in text] + ([0] if text[0].isdigit() else [])
+
+    prompts = distinct_prompts(words_or_digits, "text", 52)  # the 52 letters, not the digits
+    assert all(p[0].isalpha() for p in prompts)
+    with pytest.raises(ValueError, match="only 52 distinct prompts"):
+        distinct_prompts(words_or_digits, "text", 53)
+
+
 def test_the_median_interval_brackets_the_median() -> None:
     from bench.overhead import median_interval
 
