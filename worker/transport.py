@@ -160,24 +160,39 @@ class _PosixSignal:
 
 
 class _Poller:
-    """Waits until some of a fixed set of descriptors are readable: poll where there is
-    one (descriptors past FD_SETSIZE are fine), select elsewhere."""
+    """Waits until a descriptor is readable or another thread calls :meth:`wake` (through
+    a private pipe): poll where there is one (descriptors past FD_SETSIZE are fine),
+    select elsewhere."""
 
-    def __init__(self, *fds: int) -> None:
-        self._fds = fds
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._wake_r, self._wake_w = os.pipe()
         self._poll: select.poll | None = None
         if hasattr(select, "poll"):
             self._poll = select.poll()
-            for fd in fds:
-                self._poll.register(fd, select.POLLIN)
+            for watched in (fd, self._wake_r):
+                self._poll.register(watched, select.POLLIN)
 
-    def ready(self, timeout: float | None) -> set[int]:
-        """The readable descriptors, waiting up to ``timeout`` for one (None: no limit)."""
+    def wait(self, timeout: float | None) -> tuple[bool, bool]:
+        """(woken, readable), waiting up to ``timeout`` for either (None: no limit)."""
         if self._poll is not None:
             ms = None if timeout is None else math.ceil(timeout * 1000)
-            return {fd for fd, _ in self._poll.poll(ms)}
-        readable, _, _ = select.select(self._fds, [], [], timeout)
-        return set(readable)
+            ready = {fd for fd, _ in self._poll.poll(ms)}
+        else:
+            readable, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
+            ready = set(readable)
+        return self._wake_r in ready, self._fd in ready
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def close(self) -> None:
+        """Close the wake pipe (not the watched descriptor). Idempotent."""
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
 
 
 class _Bell:
@@ -211,19 +226,18 @@ class _Doorbell:
         self.fd = fd
         self.hung_up = False
         self._emptied = False
-        self._wake_r, self._wake_w = os.pipe()
-        self._poller = _Poller(fd, self._wake_r)
+        self._poller = _Poller(fd)
 
     def post(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
+        self._poller.wake()
 
     def wait(self, timeout: float | None) -> bool:
         if self.hung_up:
             return False
         if timeout is None or timeout > 0:
             self._emptied = False
-            if self._wake_r in self._poller.ready(timeout):
+            woken, _ = self._poller.wait(timeout)
+            if woken:
                 return True
         elif self._emptied:
             # The read before this one left the pipe empty: the ring reader's "anything
@@ -245,9 +259,9 @@ class _Doorbell:
                 return rang
 
     def close(self) -> None:
-        for fd in (self.fd, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self._poller.close()
 
 
 def _unlink_names(name: str) -> None:
@@ -496,8 +510,7 @@ class _StdioReader:
         self._off = 0
         self._eof = False
         self._guard = CloseGuard()
-        self._wake_r, self._wake_w = os.pipe()
-        self._poller = _Poller(fd, self._wake_r)
+        self._poller = _Poller(fd)
 
     def read(self, timeout: float | None = None) -> list[bytes] | None:
         if not self._guard.enter():
@@ -511,10 +524,10 @@ class _StdioReader:
                 if self._eof or self._guard.closed:
                     return None  # a truncated last frame (writer killed mid-write) is dropped
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                ready = self._poller.ready(remaining)
-                if self._wake_r in ready:
+                woken, readable = self._poller.wait(remaining)
+                if woken:
                     return None
-                if self._fd in ready:
+                if readable:
                     self._fill()
                 elif remaining == 0.0:
                     return []
@@ -525,14 +538,8 @@ class _StdioReader:
         return self._fd
 
     def close(self) -> None:
-        self._guard.close(self._wake)
-        if self._wake_w >= 0:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
-
-    def _wake(self) -> None:
-        os.write(self._wake_w, b"\0")
+        self._guard.close(self._poller.wake)
+        self._poller.close()
 
     def _fill(self) -> None:
         """Read what the pipe holds now, in 64 KiB reads while they come back full."""
@@ -545,7 +552,7 @@ class _StdioReader:
                 self._eof = True
                 return
             self._buf += chunk
-            if len(chunk) < _READ_CHUNK or self._fd not in self._poller.ready(0):
+            if len(chunk) < _READ_CHUNK or not self._poller.wait(0)[1]:
                 return
 
     def _parse(self) -> list[bytes]:
