@@ -18,8 +18,9 @@ import argparse
 import gc
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -111,24 +112,29 @@ def overhead_pct(native: float, server: float) -> float:
     return (1 - server / native) * 100
 
 
-def overhead_interval(native: list[float], server: list[float], draws: int = 2000) -> tuple[float, float]:
-    """A 95% bootstrap interval for the overhead of the medians (%): rounds resampled as
-    pairs, with a fixed seed. Wider than the target means this run cannot tell."""
+T = TypeVar("T")
+
+
+def _bootstrap(items: list[T], statistic: Callable[[list[T]], float], draws: int) -> tuple[float, float]:
+    """A 95% bootstrap interval of ``statistic`` over ``items`` resampled, with a fixed seed."""
     rng = random.Random(0)
-    pairs = list(zip(native, server, strict=True))
-    values = []
-    for _ in range(draws):
-        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        values.append(overhead_pct(median([n for n, _ in sample]), median([s for _, s in sample])))
-    values.sort()
+    values = sorted(statistic([items[rng.randrange(len(items))] for _ in items]) for _ in range(draws))
     return values[int(0.025 * (draws - 1))], values[int(0.975 * (draws - 1))]
 
 
+def overhead_interval(native: list[float], server: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval for the overhead of the medians (%): rounds resampled as
+    pairs. Wider than the target means this run cannot tell."""
+
+    def overhead(pairs: list[tuple[float, float]]) -> float:
+        return overhead_pct(median([n for n, _ in pairs]), median([s for _, s in pairs]))
+
+    return _bootstrap(list(zip(native, server, strict=True)), overhead, draws)
+
+
 def median_interval(values: list[float], draws: int = 2000) -> tuple[float, float]:
-    """A 95% bootstrap interval for the median of ``values`` (fixed seed)."""
-    rng = random.Random(0)
-    medians = sorted(median([values[rng.randrange(len(values))] for _ in values]) for _ in range(draws))
-    return medians[int(0.025 * (draws - 1))], medians[int(0.975 * (draws - 1))]
+    """A 95% bootstrap interval for the median of ``values``."""
+    return _bootstrap(values, median, draws)
 
 
 def main(argv: list[str] | None = None) -> None:
