@@ -286,20 +286,20 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
     # One disconnect watch for the wait and the whole stream; the stream closes it.
     watch = DisconnectWatch(receive)
     first: GenerationEvent | None = None
+    ended = False
     try:
         with watch.guard():
-            first = await anext(events)
-    except StopAsyncIteration:
-        watch.close()
-        await release()
-        raise EngineError(INCOMPLETE) from None
-    except BaseException:
-        watch.close()
-        await release()
-        raise
-    if first is None:  # the client went away
-        watch.close()
-        await release()
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                ended = True
+    finally:
+        if first is None:  # no stream follows: the events ended or failed, or the client left
+            watch.close()
+            await release()
+    if ended:
+        raise EngineError(INCOMPLETE)
+    if first is None:
         return Response(status_code=CLIENT_CLOSED)
     return NDJSONResponse(_lines(first, events, shape, final, release), watch=watch)
 
