@@ -339,3 +339,23 @@ def test_a_prompt_that_ends_inside_the_reasoning_block(agent: Any, ending: str, 
     template = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n" + ending
     command = {"op": "generate", "id": 1, "messages": USER, "template": template}
     assert agent.prompts.build(command, 256).opened_thinking is opened
+
+
+def test_a_character_cut_short_by_the_end_is_dropped(tiny: Any) -> None:
+    """A response that ends inside a multi-byte character (``num_predict`` reached after its
+    first byte's token) ends without U+FFFD, like Ollama's; whole characters are kept."""
+
+    def finish(pieces: list[str]) -> Events:
+        events = Events()
+        command = {"op": "generate", "id": next(_ids), "messages": USER, "options": GREEDY}
+        seq = tiny.sequence(command, events, lambda _: False)
+        for piece in pieces:  # byte-level BPE: one character per byte
+            seq.accept(tiny.tokenizer.convert_tokens_to_ids(piece))
+        seq.finish("length")
+        return events
+
+    e_acute = [chr(0xC3), chr(0xA9)]  # "é" is C3 A9
+    assert finish(["H", "i", *e_acute]).text == "Hié"
+    assert finish(["H", "i", e_acute[0]]).text == "Hi"
+    assert finish([e_acute[0]]).of("x") == []  # nothing left to send: no empty chunk
+    assert finish(["H", "i", e_acute[0]]).stats["eval_count"] == 3

@@ -124,7 +124,9 @@ class Sequence:
         first = self.first_ns or finished_ns
         if not self.stopper.stopped:
             self.detokenizer.finalize()
-            tail = self.stopper.feed(self.detokenizer.last_segment)
+            # Bytes of a character the end cut short decode to U+FFFD: dropped, as Ollama's
+            # runner drops an incomplete UTF-8 sequence at the end of a response.
+            tail = self.stopper.feed(self.detokenizer.last_segment.rstrip("\ufffd"))
             tail += "" if self.stopper.stopped else self.stopper.flush()
             if tail:
                 self._send(tail)
