@@ -111,23 +111,46 @@ def prompt_text(tokens: int) -> str:
     return ("The quick brown fox jumps over the lazy dog. " * (tokens // 45 + 1))[:tokens]
 
 
-def distinct_prompts(encode: Callable[[str], list[int]], text: str, count: int) -> list[str]:
-    """``count`` variants of ``text`` of one token length, each starting with a token that no
-    other starts with.
+# Candidate first characters of round prompts: ASCII letters and digits, then letters of
+# other scripts (Latin-1, Greek, Cyrillic, CJK), most of them one token in a large vocabulary.
+MARKS = (
+    string.ascii_letters
+    + string.digits
+    + "".join(
+        ch
+        for first, last in ((0xC0, 0xFF), (0x391, 0x3C9), (0x410, 0x44F), (0x4E00, 0x4FFF))
+        for ch in map(chr, range(first, last + 1))
+        if ch.isalpha()
+    )
+)
+
+
+def distinct_prompts(
+    encode: Callable[[str], list[int]], text: str, count: int, window: int | None = None
+) -> list[str]:
+    """``count`` variants of ``text`` of one token length, where any ``window`` consecutive
+    ones (all of them by default) start with different tokens.
 
     For TTFT rounds: one length means one set of kernel shapes (on CUDA the first prompt of a
     new length compiles kernels, tens of milliseconds), and distinct first tokens mean no
-    round can reuse another's prefix from the server's prompt cache. ``encode`` must not add
-    special tokens."""
+    round can reuse another's prefix from the server's prompt cache, which keeps the last
+    few prompts only: a window longer than it is enough for any number of rounds.
+    ``encode`` must not add special tokens."""
+    need = count if window is None else min(count, window)
     by_length: dict[int, dict[int, str]] = {}
-    for mark in string.ascii_letters + string.digits:
+    found: list[str] = []
+    for mark in MARKS:
         prompt = f"{mark}. {text}"
         ids = encode(prompt)
-        by_length.setdefault(len(ids), {}).setdefault(ids[0], prompt)
-    found = max(by_length.values(), key=len)
-    if len(found) < count:
+        group = by_length.setdefault(len(ids), {})
+        group.setdefault(ids[0], prompt)
+        if len(group) > len(found):
+            found = list(group.values())
+        if len(found) == need:
+            break
+    if len(found) < need:
         raise ValueError(f"only {len(found)} distinct prompts of one length: use fewer rounds")
-    return list(found.values())[:count]
+    return [found[i % need] for i in range(count)]
 
 
 def emit(result: dict[str, Any], table: bool) -> None:

@@ -35,6 +35,7 @@ from bench.harness import (
     prompt_text,
     resolve_model,
 )
+from worker.prefix_cache import cache_entries
 
 
 class Native:
@@ -150,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     with daemon(model_dir, ipc=args.ipc) as url, httpx.Client(timeout=None) as client:
         native = Native(model_dir, args.tokens)
         # A prompt per round (so TTFT is a cold prefill on both sides, not the server's prompt
-        # cache), all of the warm-up's length (so no round compiles kernels for a new shape).
-        warm_up, *prompts = distinct_prompts(native.encode, text, args.runs + 1)
+        # cache, which keeps the last few only), all of the warm-up's length (so no round
+        # compiles kernels for a new shape).
+        window = 2 * cache_entries()
+        warm_up, *prompts = distinct_prompts(native.encode, text, args.runs + 1, window)
         server_run(client, url, warm_up, args.tokens)  # loads the worker's model
         native.run(warm_up)  # compiles the kernels, as the worker does at load
         # Rounds alternate which side goes first, so a drift of the machine's speed over the

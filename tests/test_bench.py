@@ -52,7 +52,7 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
 
 
 def test_round_prompts_have_one_length_and_distinct_first_tokens() -> None:
-    from bench.harness import distinct_prompts
+    from bench.harness import MARKS, distinct_prompts
 
     def chars(text: str) -> list[int]:
         return [ord(c) for c in text]
@@ -66,10 +66,19 @@ def test_round_prompts_have_one_length_and_distinct_first_tokens() -> None:
         """Letters are one token each; a digit and its period are two (a longer prompt)."""
         return [ord(c) for c in text] + ([0] if text[0].isdigit() else [])
 
-    prompts = distinct_prompts(words_or_digits, "text", 52)  # the 52 letters, not the digits
+    letters = sum(mark.isalpha() for mark in MARKS)
+    assert letters > 500  # enough for long runs on large vocabularies
+    prompts = distinct_prompts(words_or_digits, "text", letters)  # every letter, no digit
     assert all(p[0].isalpha() for p in prompts)
-    with pytest.raises(ValueError, match="only 52 distinct prompts"):
-        distinct_prompts(words_or_digits, "text", 53)
+    with pytest.raises(ValueError, match=f"only {letters} distinct prompts"):
+        distinct_prompts(words_or_digits, "text", letters + 1)
+
+    # More rounds than distinct first tokens: any `window` consecutive ones still differ
+    prompts = distinct_prompts(chars, "text", 100, window=16)
+    assert len(prompts) == 100 and len({len(p) for p in prompts}) == 1
+    assert all(len({p[0] for p in prompts[i : i + 16]}) == 16 for i in range(100 - 15))
+    with pytest.raises(ValueError, match=f"only {letters} distinct prompts"):
+        distinct_prompts(words_or_digits, "text", 1000, window=letters + 1)
 
 
 def test_the_median_interval_brackets_the_median() -> None:

@@ -36,14 +36,17 @@ class CacheHit:
     reused: int  # prompt tokens whose KV state came from the cache
 
 
+def cache_entries() -> int:
+    """How many sequences the cache keeps (``MLXD_PROMPT_CACHE_SIZE``, at least one)."""
+    return max(int(os.environ.get("MLXD_PROMPT_CACHE_SIZE", DEFAULT_ENTRIES)), 1)
+
+
 class PrefixCache:
     def __init__(self, model: Any, entries: int | None = None, max_bytes: int = DEFAULT_BYTES) -> None:
         self.model = model
         self.enabled = switch("MLXD_PROMPT_CACHE")
-        size = (
-            entries if entries is not None else int(os.environ.get("MLXD_PROMPT_CACHE_SIZE", DEFAULT_ENTRIES))
-        )
-        self._lru = LRUPromptCache(max_size=max(size, 1), max_bytes=max_bytes)
+        size = max(entries, 1) if entries is not None else cache_entries()
+        self._lru = LRUPromptCache(max_size=size, max_bytes=max_bytes)
 
     def fetch(self, tokens: list[int]) -> CacheHit:
         """The cache to continue from for ``tokens`` (consumed: store it back when done)."""
