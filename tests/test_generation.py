@@ -359,3 +359,22 @@ def test_a_character_cut_short_by_the_end_is_dropped(tiny: Any) -> None:
     assert finish(["H", "i", e_acute[0]]).text == "Hi"
     assert finish([e_acute[0]]).of("x") == []  # nothing left to send: no empty chunk
     assert finish(["H", "i", e_acute[0]]).stats["eval_count"] == 3
+
+
+def test_the_load_prefills_one_prompt_per_kernel_size_class(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that a GPU builds its prefill kernels at load, not in a user's first request."""
+    import worker.generation as generation
+
+    lengths: list[int] = []
+    real = generation.generate_step
+
+    def recording(prompt: Any, model: Any, **kwargs: Any) -> Any:
+        lengths.append(prompt.size)
+        return real(prompt, model, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_step", recording)
+    generation.Generator(tiny_model_dir)
+    assert set(generation.PREFILL_WARM_UP) <= set(lengths)
+    assert max(generation.PREFILL_WARM_UP) > 64  # past the largest class (64 rows)

@@ -37,6 +37,11 @@ from worker.transport import EventWriter
 
 log = logging.getLogger("mlxd.worker")
 
+# Prompt lengths prefilled at load: one per row-count class of MLX's quantized matmul
+# kernels (up to 16, 32 and 64 rows on CUDA; longer prompts use the 64-row one).
+PREFILL_WARM_UP = (16, 32, 64, 128)
+SLOW_WARM_UP = 10.0  # seconds; a warm-up this slow built kernels, worth a line in the log
+
 
 class Generator:
     """A loaded model and its tokenizer, and the prompt cache shared by its requests."""
@@ -53,7 +58,10 @@ class Generator:
         # Python dispatch per layer.
         self.batched_qmv = batched_qmv.enabled()
         self.batched_attention = batched_attention.enabled()
+        warming = time.perf_counter()
         self._warm_up()
+        if (took := time.perf_counter() - warming) > SLOW_WARM_UP:
+            log.info("warm-up took %.0fs: kernels were built for this machine (kept for later loads)", took)
         self.load_seconds = time.perf_counter() - started
         self.context_length = _context_length(self.model)
         self.vocab_size = _vocab_size(self.model, self.tokenizer)
@@ -95,6 +103,12 @@ class Generator:
         prompt = self.tokenizer.encode("Hello")[:4] or [0]
         for _ in generate_step(mx.array(prompt), self.model, max_tokens=2):
             pass
+        # A prompt's prefill multiplies as many rows as it has tokens, by kernels chosen per
+        # row-count class (MLX's CUDA backend builds each class's kernel on its first use:
+        # over 30 s apiece on an H100, then cached on disk): build them now, not in a request.
+        for length in PREFILL_WARM_UP:
+            for _ in generate_step(mx.array((prompt * length)[:length]), self.model, max_tokens=1):
+                pass
         if mx.default_device() != mx.gpu or num_parallel() < 2:
             return  # nothing is compiled per shape on the CPU; no batch runs with one slot
         # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
