@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from daemon.durations import DEFAULT_KEEP_ALIVE, parse_keep_alive_env
+from daemon.durations import (
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_LOAD_TIMEOUT,
+    parse_keep_alive_env,
+    parse_load_timeout_env,
+)
 
 DEFAULT_PORT = 11434
 DEFAULT_CONTEXT_LENGTH = 4096
@@ -52,6 +57,7 @@ class Settings:
     max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
     max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model to load
     num_parallel: int = DEFAULT_NUM_PARALLEL  # requests one model serves at once
+    load_timeout: float = DEFAULT_LOAD_TIMEOUT  # seconds a model may take to load; math.inf = no limit
     origins: tuple[str, ...] = ()  # OLLAMA_ORIGINS: extra CORS origins (daemon.middleware)
 
     @property
@@ -98,6 +104,7 @@ class Settings:
             max_loaded_models=_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or DEFAULT_MAX_LOADED_MODELS,
             max_queue=max(_uint(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE), 1),
             num_parallel=_uint(env, "OLLAMA_NUM_PARALLEL", 0) or DEFAULT_NUM_PARALLEL,
+            load_timeout=parse_load_timeout_env(_var(env, "OLLAMA_LOAD_TIMEOUT")),
             origins=parse_origins(_var(env, "OLLAMA_ORIGINS")),
         )
 

@@ -15,6 +15,7 @@ from registry.modelfile import go_quote as go_quote
 
 FOREVER = math.inf
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5m
+DEFAULT_LOAD_TIMEOUT = 300.0  # Ollama's 5m
 
 _NS_PER_S = 1_000_000_000
 _MAX_UINT63 = 1 << 63  # Go parses into a uint64 and rejects anything above 1<<63
@@ -143,15 +144,25 @@ def parse_keep_alive(value: Any) -> float | None:
 
 def parse_keep_alive_env(text: str) -> float:
     """``OLLAMA_KEEP_ALIVE``: a Go duration or integer seconds; unparsable text keeps 5m."""
-    if not text:
-        return DEFAULT_KEEP_ALIVE
-    try:
-        seconds = parse_go_duration(text) / _NS_PER_S
-    except ValueError:
-        if not _is_go_int(text):
-            return DEFAULT_KEEP_ALIVE
-        seconds = float(int(text))
+    seconds = _env_seconds(text, DEFAULT_KEEP_ALIVE)
     return FOREVER if seconds < 0 else seconds
+
+
+def parse_load_timeout_env(text: str) -> float:
+    """``OLLAMA_LOAD_TIMEOUT``: the same syntax as ``OLLAMA_KEEP_ALIVE``; zero or less means
+    no limit (``FOREVER``), as in Ollama; unparsable text keeps 5m."""
+    seconds = _env_seconds(text, DEFAULT_LOAD_TIMEOUT)
+    return FOREVER if seconds <= 0 else seconds
+
+
+def _env_seconds(text: str, default: float) -> float:
+    """A Go duration or integer seconds (what Ollama's ``envconfig`` accepts), else ``default``."""
+    if not text:
+        return default
+    try:
+        return parse_go_duration(text) / _NS_PER_S
+    except ValueError:
+        return float(int(text)) if _is_go_int(text) else default
 
 
 def _is_go_int(text: str) -> bool:

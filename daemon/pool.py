@@ -36,4 +36,5 @@ def limits_from(settings: Settings) -> Limits:
         keep_alive=settings.keep_alive,
         context_length=settings.context_length,
         memory_bytes=physical_memory(),
+        load_timeout=settings.load_timeout,
     )

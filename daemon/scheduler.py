@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from daemon.durations import DEFAULT_KEEP_ALIVE
+from daemon.durations import DEFAULT_KEEP_ALIVE, DEFAULT_LOAD_TIMEOUT
 from daemon.engine import (
     Embeddings,
     EngineError,
@@ -90,7 +90,7 @@ class Limits:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # OLLAMA_KEEP_ALIVE, seconds
     context_length: int = 4096  # the default num_ctx, reported by /api/ps
     memory_bytes: int = 0  # what all loaded models together may take; 0 = no guard
-    load_timeout: float = 300.0  # seconds for a worker to load and warm up
+    load_timeout: float = DEFAULT_LOAD_TIMEOUT  # OLLAMA_LOAD_TIMEOUT, seconds; math.inf = no limit
 
 
 class _Slot:

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import itertools
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -131,7 +132,8 @@ class WorkerProcess:
         self._watching = True
         self._monitor = self._loop.create_task(self._watch(self._proc), name=f"monitor-{self.model.name}")
         try:
-            self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            limit = timeout if math.isfinite(timeout) else None
+            self.info = await asyncio.wait_for(asyncio.shield(self._ready), limit)
         except asyncio.TimeoutError:
             await self.stop()
             raise EngineError(f"timed out after {timeout:g}s waiting for the model to load") from None

@@ -116,6 +116,22 @@ def test_keep_alive(value: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("", 300.0),
+        ("10m", 600.0),
+        ("90", 90.0),
+        ("0", math.inf),  # zero or less: no limit, as in Ollama
+        ("-1", math.inf),
+        ("-5m", math.inf),
+        ("soon", 300.0),  # unparsable: the default
+    ],
+)
+def test_load_timeout(value: str, seconds: float) -> None:
+    assert Settings.from_env({"OLLAMA_LOAD_TIMEOUT": value}).load_timeout == seconds
+
+
+@pytest.mark.parametrize(
     ("value", "length"),
     [("", 4096), ("8192", 8192), ("0", 4096), ("-5", 4096), ("lots", 4096), (" 2048 ", 2048)],
 )

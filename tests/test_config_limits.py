@@ -48,12 +48,14 @@ def test_the_pool_takes_its_limits_from_the_settings(tmp_path: Path) -> None:
             "OLLAMA_MAX_LOADED_MODELS": "2",
             "OLLAMA_MAX_QUEUE": "9",
             "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_LOAD_TIMEOUT": "20m",
             "MLXD_IPC": "stdio",
         }
     )
     limits = limits_from(settings)
     assert (limits.max_loaded, limits.max_queue, limits.keep_alive) == (2, 9, math.inf)
     assert limits.context_length == 4096 and limits.memory_bytes == physical_memory()
+    assert limits.load_timeout == 1200.0
     pool = WorkerPool.from_settings(settings)
     assert pool.ipc == "stdio" and pool.limits == limits
 

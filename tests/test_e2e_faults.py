@@ -189,3 +189,18 @@ def test_a_model_that_fails_to_load_answers_500_with_the_reason(
         ["tiny:latest"],
     )
     generate_ok(daemon)
+
+
+def test_a_load_slower_than_ollama_load_timeout_answers_500(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``OLLAMA_LOAD_TIMEOUT`` bounds a load: past it the request gets a 500 that says so, the
+    half-loaded worker is stopped, and the daemon serves on."""
+    env = {"OLLAMA_LOAD_TIMEOUT": "1ms"}
+    with daemon_with_tiny(tmp_path / "home", tiny_model_dir, extra_env=env) as slow:
+        for stream in (False, True):
+            response = httpx.post(
+                slow.url + "/api/generate", json={"model": TINY, "prompt": "hi", "stream": stream}, timeout=60
+            )
+            assert response.status_code == 500, response.text
+            assert response.json() == {"error": "timed out after 0.001s waiting for the model to load"}
+        assert wait_until(lambda: workers(slow) == [], 5), workers(slow)
+        assert httpx.get(slow.url + "/api/version", timeout=10).status_code == 200

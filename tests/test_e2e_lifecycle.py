@@ -85,7 +85,8 @@ def seconds_left(expires_at: datetime | None) -> float:
 def test_keep_alive_and_ps(
     tiny_model_dir: Path, tmp_path: Path, client_for: Callable[[Daemon], ollama.Client]
 ) -> None:
-    env = {"OLLAMA_KEEP_ALIVE": "2s", "OLLAMA_ORIGINS": "https://my.app"}
+    # A load without a time limit (OLLAMA_LOAD_TIMEOUT 0) loads as any other.
+    env = {"OLLAMA_KEEP_ALIVE": "2s", "OLLAMA_ORIGINS": "https://my.app", "OLLAMA_LOAD_TIMEOUT": "0"}
     with daemon_with_tiny(tmp_path / "home", tiny_model_dir, extra_env=env) as daemon:
         client = client_for(daemon)
         assert client.ps().models == []

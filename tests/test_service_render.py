@@ -31,6 +31,7 @@ ENV = {
     "OLLAMA_HOST": "127.0.0.1:11500",
     "MLXD_HOME": "relative/store",
     "OLLAMA_KEEP_ALIVE": "1h",
+    "OLLAMA_LOAD_TIMEOUT": "15m",
     "OLLAMA_NUM_PARALLEL": "2",
     "OLLAMA_ORIGINS": "",  # empty: not kept
     "HF_ENDPOINT": "http://127.0.0.1:9999",
@@ -51,6 +52,7 @@ def test_spec_captures_the_daemon_settings_only(spec: ServiceSpec) -> None:
         "OLLAMA_HOST": "127.0.0.1:11500",
         "MLXD_HOME": os.path.abspath("relative/store"),
         "OLLAMA_KEEP_ALIVE": "1h",
+        "OLLAMA_LOAD_TIMEOUT": "15m",
         "OLLAMA_NUM_PARALLEL": "2",
         "HF_ENDPOINT": "http://127.0.0.1:9999",
         "PATH": "/opt/bin:/usr/bin:/bin",
