@@ -48,7 +48,8 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     extra = [s - n for n, s in zip(result["native_ttft_ms_runs"], result["server_ttft_ms_runs"], strict=True)]
     assert result["ttft_extra_ms_paired_median"] == pytest.approx(sum(extra) / 2, abs=0.02)
     low, high = result["ttft_extra_ms_ci95"]
-    assert min(extra) - 0.01 <= low <= high <= max(extra) + 0.01
+    # (the runs are rounded to 0.01 ms each, so their difference can be 0.02 off)
+    assert min(extra) - 0.02 <= low <= high <= max(extra) + 0.02
 
 
 def test_round_prompts_have_one_length_and_distinct_first_tokens() -> None:
