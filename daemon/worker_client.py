@@ -61,6 +61,10 @@ def stall_timeout(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
+def load_timed_out(seconds: float) -> str:
+    return f"timed out waiting for the model to load: no progress for {seconds:g}s"
+
+
 def stalled_message(seconds: float) -> str:
     return (
         f"model runner made no progress for {seconds:g}s and was stopped, check the server logs for details"
@@ -132,15 +136,24 @@ class WorkerProcess:
         self._watching = True
         self._monitor = self._loop.create_task(self._watch(self._proc), name=f"monitor-{self.model.name}")
         try:
-            limit = timeout if math.isfinite(timeout) else None
-            self.info = await asyncio.wait_for(asyncio.shield(self._ready), limit)
-        except asyncio.TimeoutError:
-            await self.stop()
-            raise EngineError(f"timed out after {timeout:g}s waiting for the model to load") from None
+            self.info = await self._until_ready(self._ready, timeout)
         except BaseException:
             await self.stop()
             raise
         return self.info
+
+    async def _until_ready(self, ready: asyncio.Future[ModelInfo], timeout: float) -> ModelInfo:
+        """The worker's ready event; an error once it has sent nothing (neither that nor a
+        finished load step) for ``timeout`` seconds. Like Ollama's load timeout, this bounds
+        a stalled load, not a long one: a machine's first load on CUDA builds kernels for
+        minutes, a step at a time."""
+        self._progress = time.monotonic()
+        while not ready.done():
+            remaining = self._progress + timeout - time.monotonic()
+            if remaining <= 0:
+                raise EngineError(load_timed_out(timeout))
+            await asyncio.wait({ready}, timeout=remaining if math.isfinite(remaining) else None)
+        return ready.result()
 
     async def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         """Notice a worker that exited without its event stream ending (a child of its
@@ -213,6 +226,8 @@ class WorkerProcess:
         for payload in batch:
             event: dict[str, Any] = protocol.decode_event(payload)  # type: ignore[assignment]
             tag = event["t"]
+            if tag == protocol.LOADING:
+                continue  # the load goes on: ``_progress`` (above) restarts its clock
             if tag == protocol.READY:
                 # The worker has attached: the names can go, the mapping stays.
                 if self._channel is not None:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from daemon.engine import RUNNER_STOPPED
-from daemon.worker_client import stalled_message
+from daemon.worker_client import load_timed_out, stalled_message
 from registry.tiny_model import write_tiny_model
 from tests.conftest import TINY, Daemon, daemon_with_tiny, processes_mentioning, shm_entries
 
@@ -192,8 +192,8 @@ def test_a_model_that_fails_to_load_answers_500_with_the_reason(
 
 
 def test_a_load_slower_than_ollama_load_timeout_answers_500(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """``OLLAMA_LOAD_TIMEOUT`` bounds a load: past it the request gets a 500 that says so, the
-    half-loaded worker is stopped, and the daemon serves on."""
+    """``OLLAMA_LOAD_TIMEOUT`` bounds a load's time without progress: past it the request gets
+    a 500 that says so, the half-loaded worker is stopped, and the daemon serves on."""
     env = {"OLLAMA_LOAD_TIMEOUT": "1ms"}
     with daemon_with_tiny(tmp_path / "home", tiny_model_dir, extra_env=env) as slow:
         for stream in (False, True):
@@ -201,6 +201,6 @@ def test_a_load_slower_than_ollama_load_timeout_answers_500(tiny_model_dir: Path
                 slow.url + "/api/generate", json={"model": TINY, "prompt": "hi", "stream": stream}, timeout=60
             )
             assert response.status_code == 500, response.text
-            assert response.json() == {"error": "timed out after 0.001s waiting for the model to load"}
+            assert response.json() == {"error": load_timed_out(0.001)}
         assert wait_until(lambda: workers(slow) == [], 5), workers(slow)
         assert httpx.get(slow.url + "/api/version", timeout=10).status_code == 200

@@ -47,7 +47,7 @@ class Worker:
             else:
                 from worker.generation import Generator
 
-                generator = Generator(self.model_dir)
+                generator = Generator(self.model_dir, lambda: self._emit(protocol.loading()))
         except BaseException as exc:  # any load failure is reported, then the worker exits
             if isinstance(exc, (DamagedModel, ValueError)):  # the message says it all
                 log.error("loading %s failed: %s", self.model_dir, exc)

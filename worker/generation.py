@@ -31,6 +31,7 @@ from worker.constrained import Constraints
 from worker.prefix_cache import PrefixCache
 from worker.prompt import PromptBuilder, PromptError
 from worker.protocol import GenerateCommand, ModelInfo
+from worker.sampling import build_sampler
 from worker.sequence import DEFAULT_NUM_CTX, Sequence, SequenceError, fail, request_num_ctx
 from worker.token_bytes import token_bytes
 from worker.transport import EventWriter
@@ -46,11 +47,15 @@ SLOW_WARM_UP = 10.0  # seconds; a warm-up this slow built kernels, worth a line 
 class Generator:
     """A loaded model and its tokenizer, and the prompt cache shared by its requests."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, progress: Callable[[], None] = lambda: None) -> None:
+        """Load the model in ``model_dir`` and warm it up, calling ``progress`` after each step
+        (a first load on a GPU can spend minutes building kernels; each step shows it is alive)."""
         started = time.perf_counter()
         self.model_dir = model_dir
+        self._progress = progress
         loaded: tuple[Any, Any] = load_model(str(model_dir))  # type: ignore[assignment]
         self.model, self.tokenizer = loaded
+        progress()
         self.eos_ids = set(self.tokenizer.eos_token_ids)
         self._wire_memory()
         # Batched decode routes few-row products by what ``batched_qmv.tune`` measured, on
@@ -103,12 +108,20 @@ class Generator:
         prompt = self.tokenizer.encode("Hello")[:4] or [0]
         for _ in generate_step(mx.array(prompt), self.model, max_tokens=2):
             pass
+        self._progress()
+        # Ollama's default sampling (temperature, top_k, top_p): mlx-lm compiles its steps,
+        # kernels that CUDA builds on first use too (half a minute on a machine's first load).
+        sampler = build_sampler({}, _vocab_size(self.model, self.tokenizer))
+        for _ in generate_step(mx.array(prompt), self.model, max_tokens=2, sampler=sampler):
+            pass
+        self._progress()
         # A prompt's prefill multiplies as many rows as it has tokens, by kernels chosen per
         # row-count class (MLX's CUDA backend builds each class's kernel on its first use:
         # over 30 s apiece on an H100, then cached on disk): build them now, not in a request.
         for length in PREFILL_WARM_UP:
             for _ in generate_step(mx.array((prompt * length)[:length]), self.model, max_tokens=1):
                 pass
+            self._progress()
         if mx.default_device() != mx.gpu or num_parallel() < 2:
             return  # nothing is compiled per shape on the CPU; no batch runs with one slot
         # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
@@ -117,6 +130,7 @@ class Generator:
         with self.batch_routing() as routed:
             if routed:  # quantized layers to route: measure how, or recall an earlier answer
                 self._route_batches(most)
+                self._progress()
             for size in sorted({b for b in batched_qmv.BUCKETS if b <= most} | {most} - {1}):
                 batch = BatchGenerator(
                     self.model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size
@@ -126,6 +140,7 @@ class Generator:
                 while finished < size:
                     finished += sum(r.finish_reason is not None for r in batch.next_generated())
                 batch.close()
+                self._progress()
         mx.clear_cache()  # the warm-up's buffers are not the ones requests will need
 
     def _route_batches(self, most: int) -> None:

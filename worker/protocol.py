@@ -117,6 +117,7 @@ def decode_command(line: bytes) -> Command:
 
 # Event tags (the ``t`` key).
 READY = "r"  # model loaded and warmed up: {"t","info"}
+LOADING = "p"  # a step of the load finished (weights read, a warm-up done): {"t"}
 TEXT = "x"  # a text delta of one request: {"t","id","s"}
 THINKING = "h"  # a delta of the model's reasoning: {"t","id","s"}
 TOOL_CALLS = "c"  # parsed tool calls: {"t","id","calls"}
@@ -151,6 +152,10 @@ class DoneStats(TypedDict, total=False):
 class ReadyEvent(TypedDict):
     t: Literal["r"]
     info: ModelInfo
+
+
+class LoadingEvent(TypedDict):
+    t: Literal["p"]
 
 
 class TextEvent(TypedDict):
@@ -210,6 +215,7 @@ class VectorsEvent(TypedDict):
 
 Event = (
     ReadyEvent
+    | LoadingEvent
     | TextEvent
     | ThinkingEvent
     | ToolCallsEvent
@@ -224,6 +230,10 @@ WORKER_ID = -1  # the ``id`` of an error that concerns the whole worker, not one
 
 def ready(info: ModelInfo) -> bytes:
     return orjson.dumps({"t": READY, "info": info})
+
+
+def loading() -> bytes:
+    return orjson.dumps({"t": LOADING})
 
 
 def text(request_id: int, delta: str) -> bytes:
@@ -258,7 +268,7 @@ def vectors(request_id: int, values: bytes, dim: int, tokens: int) -> bytes:
 
 def decode_event(payload: bytes) -> Event:
     obj: Any = orjson.loads(payload)
-    tags = (READY, TEXT, THINKING, TOOL_CALLS, LOGPROBS, DONE, ERROR, VECTORS)
+    tags = (READY, LOADING, TEXT, THINKING, TOOL_CALLS, LOGPROBS, DONE, ERROR, VECTORS)
     if not isinstance(obj, dict) or obj.get("t") not in tags:
         raise ValueError(f"not a worker event: {payload[:80]!r}")
     return cast(Event, obj)
