@@ -57,7 +57,7 @@ class Settings:
     max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
     max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model to load
     num_parallel: int = DEFAULT_NUM_PARALLEL  # requests one model serves at once
-    load_timeout: float = DEFAULT_LOAD_TIMEOUT  # seconds a model may take to load; math.inf = no limit
+    load_timeout: float = DEFAULT_LOAD_TIMEOUT  # seconds a load may go without progress; math.inf = no limit
     origins: tuple[str, ...] = ()  # OLLAMA_ORIGINS: extra CORS origins (daemon.middleware)
 
     @property

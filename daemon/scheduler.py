@@ -90,7 +90,7 @@ class Limits:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # OLLAMA_KEEP_ALIVE, seconds
     context_length: int = 4096  # the default num_ctx, reported by /api/ps
     memory_bytes: int = 0  # what all loaded models together may take; 0 = no guard
-    load_timeout: float = DEFAULT_LOAD_TIMEOUT  # OLLAMA_LOAD_TIMEOUT, seconds; math.inf = no limit
+    load_timeout: float = DEFAULT_LOAD_TIMEOUT  # OLLAMA_LOAD_TIMEOUT: seconds without progress; inf = none
 
 
 class _Slot:
