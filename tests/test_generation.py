@@ -364,7 +364,8 @@ def test_a_character_cut_short_by_the_end_is_dropped(tiny: Any) -> None:
 def test_the_load_prefills_one_prompt_per_kernel_size_class(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """So that a GPU builds its prefill kernels at load, not in a user's first request."""
+    """So that a GPU builds its prefill kernels at load, not in a user's first request; the CPU
+    builds none per shape, and its prefill is slow: it skips them."""
     import worker.generation as generation
 
     lengths: list[int] = []
@@ -375,6 +376,12 @@ def test_the_load_prefills_one_prompt_per_kernel_size_class(
         return real(prompt, model, **kwargs)
 
     monkeypatch.setattr(generation, "generate_step", recording)
+    generation.Generator(tiny_model_dir)  # on this machine's CPU
+    assert not generation.builds_kernels_per_shape()
+    assert set(generation.PREFILL_WARM_UP).isdisjoint(lengths)
+    lengths.clear()
+    monkeypatch.setattr(generation, "builds_kernels_per_shape", lambda: True)  # as on a GPU
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "1")  # the batch warm-up needs a GPU indeed
     generation.Generator(tiny_model_dir)
     assert set(generation.PREFILL_WARM_UP) <= set(lengths)
     assert max(generation.PREFILL_WARM_UP) > 64  # past the largest class (64 rows)

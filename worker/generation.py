@@ -115,6 +115,8 @@ class Generator:
         for _ in generate_step(mx.array(prompt), self.model, max_tokens=2, sampler=sampler):
             pass
         self._progress()
+        if not builds_kernels_per_shape():
+            return  # nothing more to build (and a CPU's prefill is slow: 128 tokens take seconds)
         # A prompt's prefill multiplies as many rows as it has tokens, by kernels chosen per
         # row-count class (MLX's CUDA backend builds each class's kernel on its first use:
         # over 30 s apiece on an H100, then cached on disk): build them now, not in a request.
@@ -122,8 +124,8 @@ class Generator:
             for _ in generate_step(mx.array((prompt * length)[:length]), self.model, max_tokens=1):
                 pass
             self._progress()
-        if mx.default_device() != mx.gpu or num_parallel() < 2:
-            return  # nothing is compiled per shape on the CPU; no batch runs with one slot
+        if num_parallel() < 2:
+            return  # no batch runs with one slot
         # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
         # pay for the common sizes now rather than during the first concurrent requests.
         most = min(num_parallel(), batched_qmv.MAX_ROWS)
@@ -258,6 +260,12 @@ class Generator:
         if seq.rotating is None:
             self.prefix_cache.store(seq.fed, cache)
         return None
+
+
+def builds_kernels_per_shape() -> bool:
+    """Whether MLX builds kernels per shape class on first use: on a GPU (Metal, CUDA), not
+    on the CPU."""
+    return bool(mx.default_device() == mx.gpu)
 
 
 def _weight_bytes(model: Any) -> int:
