@@ -6,10 +6,11 @@ Native: ``generate_step`` in this process, greedy, timed per token. Server: a re
 ``mlxd serve`` + worker, ``/api/generate`` (raw, greedy) streamed over HTTP and timed
 from the client: TTFT from sending the request to the first chunk, decode speed from the
 first to the last chunk. The two take turns against one running daemon (an idle worker
-uses no CPU), each round in the other order than the last and with a prompt of its own
-that shares no prefix with another and has the warm-up's length (TTFT is a cold prefill of
-already-compiled shapes on both sides). Both sides make exactly
-``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints one JSON object.
+uses no CPU), each round in the other order than the last and with a prompt of the
+warm-up's length that shares no prefix with any prompt the server's prompt cache still
+holds (TTFT is a cold prefill of already-compiled shapes on both sides). Both sides make
+exactly ``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints
+one JSON object.
 """
 
 from __future__ import annotations
