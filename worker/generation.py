@@ -52,11 +52,11 @@ class Generator:
         (a first load on a GPU can spend minutes building kernels; each step shows it is alive)."""
         started = time.perf_counter()
         self.model_dir = model_dir
-        self._progress = progress
         loaded: tuple[Any, Any] = load_model(str(model_dir))  # type: ignore[assignment]
         self.model, self.tokenizer = loaded
         progress()
         self.eos_ids = set(self.tokenizer.eos_token_ids)
+        self.vocab_size = _vocab_size(self.model, self.tokenizer)
         self._wire_memory()
         # Batched decode routes few-row products by what ``batched_qmv.tune`` measured, on
         # CUDA; the layers are swapped only while a batch runs, so a lone request pays no
@@ -64,12 +64,11 @@ class Generator:
         self.batched_qmv = batched_qmv.enabled()
         self.batched_attention = batched_attention.enabled()
         warming = time.perf_counter()
-        self._warm_up()
+        self._warm_up(progress)
         if (took := time.perf_counter() - warming) > SLOW_WARM_UP:
             log.info("warm-up took %.0fs: kernels were built for this machine (kept for later loads)", took)
         self.load_seconds = time.perf_counter() - started
         self.context_length = _context_length(self.model)
-        self.vocab_size = _vocab_size(self.model, self.tokenizer)
         self.prompts = PromptBuilder(self.tokenizer)
         self.constraints = Constraints(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
         self.prefix_cache = PrefixCache(self.model)
@@ -102,19 +101,19 @@ class Generator:
                 recommended >> 20,
             )
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, progress: Callable[[], None]) -> None:
         # One short generation compiles the kernels the first real request would otherwise
         # pay for (on a GPU the first decode after load runs at about half speed).
         prompt = self.tokenizer.encode("Hello")[:4] or [0]
         for _ in generate_step(mx.array(prompt), self.model, max_tokens=2):
             pass
-        self._progress()
+        progress()
         # Ollama's default sampling (temperature, top_k, top_p): mlx-lm compiles its steps,
         # kernels that CUDA builds on first use too (half a minute on a machine's first load).
-        sampler = build_sampler({}, _vocab_size(self.model, self.tokenizer))
+        sampler = build_sampler({}, self.vocab_size)
         for _ in generate_step(mx.array(prompt), self.model, max_tokens=2, sampler=sampler):
             pass
-        self._progress()
+        progress()
         if not builds_kernels_per_shape():
             return  # nothing more to build (and a CPU's prefill is slow: 128 tokens take seconds)
         # A prompt's prefill multiplies as many rows as it has tokens, by kernels chosen per
@@ -123,7 +122,7 @@ class Generator:
         for length in PREFILL_WARM_UP:
             for _ in generate_step(mx.array((prompt * length)[:length]), self.model, max_tokens=1):
                 pass
-            self._progress()
+            progress()
         if num_parallel() < 2:
             return  # no batch runs with one slot
         # A GPU compiles kernels per batch shape too (seconds each on CUDA the first time):
@@ -132,7 +131,7 @@ class Generator:
         with self.batch_routing() as routed:
             if routed:  # quantized layers to route: measure how, or recall an earlier answer
                 self._route_batches(most)
-                self._progress()
+                progress()
             for size in sorted({b for b in batched_qmv.BUCKETS if b <= most} | {most} - {1}):
                 batch = BatchGenerator(
                     self.model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size
@@ -142,7 +141,7 @@ class Generator:
                 while finished < size:
                     finished += sum(r.finish_reason is not None for r in batch.next_generated())
                 batch.close()
-                self._progress()
+                progress()
         mx.clear_cache()  # the warm-up's buffers are not the ones requests will need
 
     def _route_batches(self, most: int) -> None:
@@ -263,8 +262,9 @@ class Generator:
 
 
 def builds_kernels_per_shape() -> bool:
-    """Whether MLX builds kernels per shape class on first use: on a GPU (Metal, CUDA), not
-    on the CPU."""
+    """Whether MLX may build kernels per shape class on first use: on a GPU (CUDA compiles
+    them; Metal ships most prebuilt, and its warm-up then costs a few prefills), never on
+    the CPU."""
     return bool(mx.default_device() == mx.gpu)
 
 
