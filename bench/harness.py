@@ -137,17 +137,15 @@ def distinct_prompts(
     few prompts only: a window longer than it is enough for any number of rounds.
     ``encode`` must not add special tokens."""
     need = count if window is None else min(count, window)
-    by_length: dict[int, dict[int, str]] = {}
-    found: list[str] = []
+    by_length: dict[int, dict[int, str]] = {}  # token length → first token → prompt
     for mark in MARKS:
         prompt = f"{mark}. {text}"
         ids = encode(prompt)
         group = by_length.setdefault(len(ids), {})
         group.setdefault(ids[0], prompt)
-        if len(group) > len(found):
-            found = list(group.values())
-        if len(found) == need:
+        if len(group) == need:
             break
+    found = list(max(by_length.values(), key=len).values())
     if len(found) < need:
         raise ValueError(f"only {len(found)} distinct prompts of one length: use fewer rounds")
     return [found[i % need] for i in range(count)]
