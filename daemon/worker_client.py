@@ -61,7 +61,7 @@ def stall_timeout(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def load_timed_out(seconds: float) -> str:
+def load_stalled_message(seconds: float) -> str:
     return f"timed out waiting for the model to load: no progress for {seconds:g}s"
 
 
@@ -136,22 +136,24 @@ class WorkerProcess:
         self._watching = True
         self._monitor = self._loop.create_task(self._watch(self._proc), name=f"monitor-{self.model.name}")
         try:
-            self.info = await self._until_ready(self._ready, timeout)
+            self.info = await self._until_ready(timeout)
         except BaseException:
             await self.stop()
             raise
         return self.info
 
-    async def _until_ready(self, ready: asyncio.Future[ModelInfo], timeout: float) -> ModelInfo:
+    async def _until_ready(self, timeout: float) -> ModelInfo:
         """The worker's ready event; an error once it has sent nothing (neither that nor a
         finished load step) for ``timeout`` seconds. Like Ollama's load timeout, this bounds
         a stalled load, not a long one: a machine's first load on CUDA builds kernels for
         minutes, a step at a time."""
+        ready = self._ready
+        assert ready is not None
         self._progress = time.monotonic()
         while not ready.done():
             remaining = self._progress + timeout - time.monotonic()
             if remaining <= 0:
-                raise EngineError(load_timed_out(timeout))
+                raise EngineError(load_stalled_message(timeout))
             await asyncio.wait({ready}, timeout=remaining if math.isfinite(remaining) else None)
         return ready.result()
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from daemon.engine import RUNNER_STOPPED
-from daemon.worker_client import load_timed_out, stalled_message
+from daemon.worker_client import load_stalled_message, stalled_message
 from registry.tiny_model import write_tiny_model
 from tests.conftest import TINY, Daemon, daemon_with_tiny, processes_mentioning, shm_entries
 
@@ -201,6 +201,6 @@ def test_a_load_slower_than_ollama_load_timeout_answers_500(tiny_model_dir: Path
                 slow.url + "/api/generate", json={"model": TINY, "prompt": "hi", "stream": stream}, timeout=60
             )
             assert response.status_code == 500, response.text
-            assert response.json() == {"error": load_timed_out(0.001)}
+            assert response.json() == {"error": load_stalled_message(0.001)}
         assert wait_until(lambda: workers(slow) == [], 5), workers(slow)
         assert httpx.get(slow.url + "/api/version", timeout=10).status_code == 200

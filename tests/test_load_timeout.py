@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.engine import EngineError, ModelHandle
-from daemon.worker_client import WorkerProcess, load_timed_out
+from daemon.worker_client import WorkerProcess, load_stalled_message
 from worker import protocol
 from worker.protocol import ModelInfo
 
@@ -36,7 +36,7 @@ async def wait_with(events: list[tuple[float, bytes]], timeout: float) -> tuple[
     feeder = asyncio.create_task(deliver())
     started = time.monotonic()
     try:
-        return await process._until_ready(ready, timeout), time.monotonic() - started
+        return await process._until_ready(timeout), time.monotonic() - started
     finally:
         feeder.cancel()
 
@@ -54,7 +54,7 @@ def test_a_load_that_stops_reporting_times_out_after_the_bound() -> None:
         asyncio.run(wait_with(steps, timeout=0.2))
     assert (
         caught.value.message
-        == load_timed_out(0.2)
+        == load_stalled_message(0.2)
         == "timed out waiting for the model to load: no progress for 0.2s"
     )
     assert caught.value.status == 500
