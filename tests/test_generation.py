@@ -385,3 +385,19 @@ def test_the_load_prefills_one_prompt_per_kernel_size_class(
     generation.Generator(tiny_model_dir)
     assert set(generation.PREFILL_WARM_UP) <= set(lengths)
     assert max(generation.PREFILL_WARM_UP) > 64  # past the largest class (64 rows)
+
+
+def test_the_load_reports_each_step(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker turns each call into a ``loading`` event, which keeps a long first load on
+    a GPU within ``OLLAMA_LOAD_TIMEOUT``: weights read, greedy and sampled warm-ups, and on a
+    GPU each prefill size too."""
+    import worker.generation as generation
+
+    steps: list[int] = []
+    generation.Generator(tiny_model_dir, lambda: steps.append(1))
+    assert len(steps) == 3  # this machine's CPU
+    steps.clear()
+    monkeypatch.setattr(generation, "builds_kernels_per_shape", lambda: True)
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "1")
+    generation.Generator(tiny_model_dir, lambda: steps.append(1))
+    assert len(steps) == 3 + len(generation.PREFILL_WARM_UP)
