@@ -138,7 +138,7 @@ def test_a_gpu_load_warms_every_batch_bucket_up_to_the_limit(
     assert sizes == []  # CPU: nothing to compile per shape
     gen = generation.Generator(tiny_model_dir)
     monkeypatch.setattr(generation.mx, "default_device", lambda: generation.mx.gpu)
-    gen._warm_up()
+    gen._warm_up(lambda: None)
     assert sizes == [2, 4, 5]
 
 
