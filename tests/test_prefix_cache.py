@@ -72,3 +72,24 @@ def test_bounded_number_of_entries(model_and_tokens: tuple[Any, list[int]]) -> N
     for i in range(4):
         cached(cache, [i + 1, *tokens], n=2)
     assert len(cache) == 2
+
+
+def test_a_cache_that_went_past_its_tokens_is_stored_trimmed_to_them(
+    model_and_tokens: tuple[Any, list[int]],
+) -> None:
+    # A lone request whose stop string was found on the token thread decoded a step or two
+    # past it: the cache holds tokens the answer does not. They must not be reused.
+    model, tokens = model_and_tokens
+    cache = PrefixCache(model)
+    hit = cache.fetch(tokens)
+    sampler = make_sampler(0.0)
+    steps = generate_step(mx.array(hit.rest), model, max_tokens=6, sampler=sampler, prompt_cache=hit.cache)
+    out = [int(t) for t, _ in steps]
+    kept = [*tokens, *out[:2]]  # the answer ended after two tokens
+    assert hit.cache[0].offset > len(kept)
+    cache.store(kept, hit.cache)
+    assert len(cache) == 1
+    longer = [*kept, 9, 10]  # the next turn continues from what was kept, not from the rest
+    again, reused = cached(cache, longer)
+    assert again == cold(model, longer)
+    assert reused == len(kept)

@@ -1,7 +1,8 @@
 """The MLX side of a worker: load a model, warm it up, and run generations.
 
 Everything here runs on one dedicated thread: MLX streams are thread-local, so the
-model is loaded and used on the same thread. A request that runs alone takes mlx-lm's
+model is loaded and used on the same thread (on a GPU, a lone request's per-token
+bookkeeping runs beside it: ``worker.token_thread``). A request that runs alone takes mlx-lm's
 ``generate_step`` (no batching overhead); when others arrive while it runs, it moves,
 with its KV cache, into a continuous batch (``worker.batching``). Either way the KV cache
 of a finished request is kept for the next one that shares its prefix
@@ -25,7 +26,7 @@ from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from worker import batched_attention, batched_qmv, protocol, route_memory
+from worker import batched_attention, batched_qmv, protocol, route_memory, token_thread
 from worker.batching import NO_JOBS, BatchRunner, Cancelled, JobSource, Moved, num_parallel
 from worker.constrained import Constraints
 from worker.prefix_cache import PrefixCache
@@ -34,6 +35,7 @@ from worker.protocol import GenerateCommand, ModelInfo
 from worker.sampling import build_sampler
 from worker.sequence import DEFAULT_NUM_CTX, Sequence, SequenceError, fail, request_num_ctx
 from worker.token_bytes import token_bytes
+from worker.token_thread import TokenThread
 from worker.transport import EventWriter
 
 log = logging.getLogger("mlxd.worker")
@@ -73,6 +75,7 @@ class Generator:
         self.constraints = Constraints(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
         self.prefix_cache = PrefixCache(self.model)
         self.token_bytes = token_bytes(self.tokenizer)  # for ``logprobs`` entries
+        self.tokens = TokenThread() if token_thread.wanted() else None
 
     def info(self) -> ModelInfo:
         weights = _weight_bytes(self.model)
@@ -238,26 +241,64 @@ class Generator:
             logits_processors=seq.processors or None,
             prompt_cache=cache,
         )
-        finished = False
-        for step, logprobs in steps:
-            finished = seq.accept(int(step), logprobs)
-            seq.writer.flush()
-            if finished:
-                break
-            if seq.rotating is None and jobs.pending():
-                # The cache already holds the token just sampled (generate_step runs one
-                # step ahead); drop it again so the batch feeds it as the first input.
-                held = cache[0].offset
-                trim_prompt_cache(cache, held - (len(seq.fed) - 1))
-                steps.close()
-                if seq.constraint is not None:
-                    seq.constraint.replay_next()
-                return Moved(seq, cache, [seq.fed[-1]])
-        steps.close()
+        # Past the first token (sent at once, for the time to first token), the per-token
+        # work can run beside the next step's launch (``worker.token_thread``); not when
+        # log-probabilities are asked for, which read the step's MLX arrays.
+        tokens = self.tokens if self.tokens is not None and not seq.logprobs else None
+        try:
+            moved = self._decode(seq, steps, cache, jobs, tokens)
+        except BaseException:
+            if tokens is not None:
+                tokens.abandon(seq)  # what it still holds of this request is not sent
+            raise
+        finally:
+            steps.close()  # on this thread: mlx-lm's step generator must end where it began
+        if moved is not None:
+            return moved
+        if tokens is not None:
+            tokens.drain()
         seq.finish("length")
         seq.writer.flush()
         if seq.rotating is None:
             self.prefix_cache.store(seq.fed, cache)
+        return None
+
+    def _decode(
+        self,
+        seq: Sequence,
+        steps: Iterator[Any],
+        cache: list[Any],
+        jobs: JobSource,
+        tokens: TokenThread | None,
+    ) -> Moved | None:
+        """Feed ``seq`` the tokens of ``steps`` until it ends, or until other requests arrive:
+        then what the batch needs to take it over."""
+        first = True
+        for step, logprobs in steps:
+            token = int(step)
+            if tokens is None or first:
+                first = False
+                if seq.accept(token, logprobs):
+                    return None
+                seq.writer.flush()
+            else:
+                tokens.push(seq, token)
+                # An end-of-sequence token ends the request here, as the budget ends the loop;
+                # a stop string or a cancel shows a step or two later.
+                if token in seq.eos_ids or seq.done_reason is not None:
+                    return None
+            if seq.rotating is None and jobs.pending():
+                if tokens is not None:
+                    tokens.drain()
+                    if seq.done_reason is not None:
+                        return None
+                # The cache already holds the token just sampled (generate_step runs one
+                # step ahead); drop it again so the batch feeds it as the first input.
+                held = cache[0].offset
+                trim_prompt_cache(cache, held - (len(seq.fed) - 1))
+                if seq.constraint is not None:
+                    seq.constraint.replay_next()
+                return Moved(seq, cache, [seq.fed[-1]])
         return None
 
 

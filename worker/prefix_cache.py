@@ -66,10 +66,15 @@ class PrefixCache:
 
     def store(self, tokens: list[int], cache: list[Any]) -> None:
         """Keep ``cache`` for later prompts; ``tokens`` are the tokens it was fed, possibly
-        one or two more (generation runs one step ahead): the cache's own length decides."""
+        one or two more (generation runs one step ahead): the cache's own length decides.
+        A cache that went past ``tokens`` (decoded beyond a stop string found on the token
+        thread) is trimmed back to them."""
         if not self.enabled or not cache:
             return
         held = _length(cache)
+        if held > len(tokens) and can_trim_prompt_cache(cache):
+            trim_prompt_cache(cache, held - len(tokens))
+            held = _length(cache)
         if held <= 0 or held > len(tokens):
             return
         self._lru.insert_cache(self.model_key, list(tokens[:held]), cache)

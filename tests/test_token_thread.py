@@ -1,0 +1,131 @@
+"""A lone request's per-token work on the token thread (in process, tiny model): the same
+events as inline, stop strings and cancels end it, what fails there reaches the decoding
+thread, and only a GPU turns it on by default."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_batching import Recorder
+from worker import token_thread
+from worker.token_thread import TokenThread
+
+pytestmark = pytest.mark.e2e
+
+_ids = itertools.count(1)
+PROMPT = "The river town woke slowly on autumn mornings"
+
+
+def command(request_id: int, **options: Any) -> dict[str, Any]:
+    return {"op": "generate", "id": request_id, "prompt": PROMPT, "raw": True, "options": options}
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir: Path) -> Iterator[Any]:
+    from worker.generation import Generator
+
+    gen = Generator(tiny_model_dir)
+    gen.prefix_cache.enabled = False  # every run cold: inline and threaded runs compare equal
+    yield gen
+    if gen.tokens is not None:
+        gen.tokens.close()
+
+
+def run(generator: Any, threaded: bool, cancel_after: int | None = None, **options: Any) -> Recorder:
+    """One raw greedy request, its per-token work inline or on a token thread."""
+    rec = Recorder()
+    request_id = next(_ids)
+    generator.tokens = TokenThread() if threaded else None
+    cmd = command(request_id, temperature=0, **options)
+    try:
+        generator.run(cmd, rec, lambda: cancel_after is not None and rec.count(request_id) >= cancel_after)
+    finally:
+        if generator.tokens is not None:
+            generator.tokens.close()
+    rec.last_id = request_id  # type: ignore[attr-defined]
+    return rec
+
+
+def outcome(rec: Recorder) -> tuple[list[str], str, int, int]:
+    request_id: int = rec.last_id  # type: ignore[attr-defined]
+    stats = rec.stats(request_id)
+    pieces = [e["s"] for e in rec.by_id[request_id] if e["t"] == "x"]
+    return pieces, stats["done_reason"], stats["eval_count"], stats["prompt_eval_count"]
+
+
+def test_the_token_thread_sends_what_the_inline_path_sends(generator: Any) -> None:
+    inline = outcome(run(generator, False, num_predict=40))
+    threaded = outcome(run(generator, True, num_predict=40))
+    assert threaded == inline
+    assert inline[1] == "length" and inline[2] == 40
+
+
+def test_a_stop_string_found_on_the_token_thread_ends_the_request_where_inline_does(generator: Any) -> None:
+    text = "".join(outcome(run(generator, False, num_predict=40))[0])
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), "the tiny model's output has text to stop at"
+    inline = outcome(run(generator, False, num_predict=40, stop=[stop]))
+    threaded = outcome(run(generator, True, num_predict=40, stop=[stop]))
+    assert threaded == inline
+    assert inline[1] == "stop" and stop not in "".join(inline[0]) and inline[2] < 40
+
+
+def test_a_cancel_seen_on_the_token_thread_ends_the_request(generator: Any) -> None:
+    pieces, reason, count, _ = outcome(run(generator, True, cancel_after=5, num_predict=200))
+    assert reason == "cancel"
+    assert len(pieces) == 5 and count == 5  # nothing is sent past the cancel
+
+
+class _BrokenAfter(Recorder):
+    def __init__(self, flushes: int) -> None:
+        super().__init__()
+        self.limit = flushes
+
+    def flush(self) -> None:
+        super().flush()
+        if self.flushes > self.limit:
+            raise BrokenPipeError("the event reader is closed")
+
+
+def test_what_fails_on_the_token_thread_reaches_the_decoding_thread(generator: Any) -> None:
+    rec = _BrokenAfter(3)
+    generator.tokens = TokenThread()
+    cmd = command(next(_ids), temperature=0, num_predict=400)
+    try:
+        with pytest.raises(BrokenPipeError):
+            generator.run(cmd, rec, lambda: False)
+    finally:
+        generator.tokens.close()
+    assert rec.flushes < 100, "the decoding thread stopped soon after the failure"
+
+
+def test_log_probabilities_stay_on_the_decoding_thread(generator: Any) -> None:
+    # They read the step's MLX arrays; a request that asks for them is accepted inline.
+    rec = Recorder()
+    request_id = next(_ids)
+    generator.tokens = TokenThread()
+    cmd = {**command(request_id, temperature=0, num_predict=6), "logprobs": True}
+    try:
+        generator.run(cmd, rec, lambda: False)
+        assert generator.tokens._thread is None, "no token was handed over"
+    finally:
+        generator.tokens.close()
+    assert sum(1 for e in rec.by_id[request_id] if e["t"] == "l") == 6
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("on", True), ("0", False), ("off", False)])
+def test_the_switch_forces_it(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+    monkeypatch.setenv(token_thread.ENV, value)
+    assert token_thread.wanted() is expected
+
+
+def test_by_default_only_a_gpu_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlx.core as mx
+
+    monkeypatch.delenv(token_thread.ENV, raising=False)
+    assert token_thread.wanted() is (mx.default_device() == mx.gpu)
