@@ -129,3 +129,59 @@ def test_by_default_only_a_gpu_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv(token_thread.ENV, raising=False)
     assert token_thread.wanted() is (mx.default_device() == mx.gpu)
+
+
+class _FakeWriter:
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.flushes = 0
+        self.fail_at = fail_at
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == self.fail_at:
+            raise BrokenPipeError("the event reader is closed")
+
+
+class _FakeSequence:
+    """What the token thread uses of a ``Sequence``: ``accept``, ``done_reason``, ``writer``."""
+
+    def __init__(self, writer: _FakeWriter, stop_at: int | None = None) -> None:
+        self.writer = writer
+        self.accepted: list[int] = []
+        self.stop_at = stop_at
+        self.done_reason: str | None = None
+
+    def accept(self, token: int) -> bool:
+        self.accepted.append(token)
+        if len(self.accepted) == self.stop_at:
+            self.done_reason = "stop"
+        return self.done_reason is not None
+
+
+def test_tokens_are_accepted_in_order_and_none_past_the_end() -> None:
+    thread = TokenThread()
+    seq = _FakeSequence(_FakeWriter(), stop_at=3)
+    for token in range(6):
+        thread.push(seq, token)  # type: ignore[arg-type]
+    thread.drain()
+    thread.close()
+    assert seq.accepted == [0, 1, 2] and seq.writer.flushes == 3
+
+
+def test_a_failure_is_raised_for_its_own_sequence_only() -> None:
+    thread = TokenThread()
+    failing = _FakeSequence(_FakeWriter(fail_at=2))
+    for token in range(2):
+        thread.push(failing, token)  # type: ignore[arg-type]
+    with pytest.raises(BrokenPipeError):
+        thread.drain()
+    # A failure of a request that the decoding thread gave up on itself is not raised later.
+    again = _FakeSequence(_FakeWriter(fail_at=1))
+    thread.push(again, 0)  # type: ignore[arg-type]
+    thread.abandon(again)  # type: ignore[arg-type]
+    later = _FakeSequence(_FakeWriter())
+    for token in range(3):
+        thread.push(later, token)  # type: ignore[arg-type]
+    thread.drain()
+    thread.close()
+    assert later.accepted == [0, 1, 2]

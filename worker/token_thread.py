@@ -54,14 +54,16 @@ class TokenThread:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._error: tuple[Sequence, BaseException] | None = None  # what failed, for whom
         self._failed: Sequence | None = None  # the sequence whose tokens are skipped now
+        self._current: Sequence | None = None  # the sequence of the last push
 
     def push(self, seq: Sequence, token: int) -> None:
-        self._raise_error()
+        self._raise_for(seq)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mlxd-tokens", daemon=True)
             self._thread.start()
+        self._current = seq
         self._queue.put((seq, token))
 
     def drain(self) -> None:
@@ -69,11 +71,14 @@ class TokenThread:
             done = threading.Event()
             self._queue.put(done)
             done.wait()
-        self._raise_error()
+        if self._current is not None:
+            self._raise_for(self._current)
 
     def abandon(self, seq: Sequence) -> None:
-        """Drop the tokens of ``seq`` still waiting (its request failed on the decoding thread)."""
+        """Drop the tokens of ``seq`` still waiting, and what failed for it here: its request
+        failed on the decoding thread, which reports that failure."""
         self._failed = seq
+        self._error = None
 
     def close(self) -> None:
         """Stop the thread once it has done what was pushed (idempotent)."""
@@ -82,10 +87,11 @@ class TokenThread:
             self._thread.join()
             self._thread = None
 
-    def _raise_error(self) -> None:
+    def _raise_for(self, seq: Sequence | None) -> None:
+        """Raise what failed for ``seq``; a failure of an earlier sequence is stale: dropped."""
         error, self._error = self._error, None
-        if error is not None:
-            raise error
+        if error is not None and error[0] is seq:
+            raise error[1]
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -99,4 +105,4 @@ class TokenThread:
                 seq.accept(token)
                 seq.writer.flush()
             except BaseException as exc:  # the decoding thread raises it at its next push
-                self._error, self._failed = exc, seq
+                self._error, self._failed = (seq, exc), seq
