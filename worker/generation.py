@@ -244,7 +244,7 @@ class Generator:
         # Past the first token (sent at once, for the time to first token), the per-token
         # work can run beside the next step's launch (``worker.token_thread``); not when
         # log-probabilities are asked for, which read the step's MLX arrays.
-        tokens = self.tokens if self.tokens is not None and not seq.logprobs else None
+        tokens = None if seq.logprobs else self.tokens
         try:
             moved = self._decode(seq, steps, cache, jobs, tokens)
         except BaseException:

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
+from worker.env import switch
+
 if TYPE_CHECKING:
     from worker.sequence import Sequence
 
 ENV = "MLXD_TOKEN_THREAD"
-_ON = ("1", "true", "yes", "on")
-_OFF = ("0", "false", "no", "off")
 
 _Item = tuple["Sequence", int] | threading.Event | None
 
@@ -36,12 +36,9 @@ _Item = tuple["Sequence", int] | threading.Event | None
 def wanted() -> bool:
     """Whether lone requests hand their tokens to a :class:`TokenThread`: on a GPU by
     default; ``MLXD_TOKEN_THREAD`` forces it on (1) or off (0)."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    return bool(mx.default_device() == mx.gpu)
+    if not os.environ.get(ENV, "").strip():
+        return bool(mx.default_device() == mx.gpu)
+    return switch(ENV)
 
 
 class TokenThread:
