@@ -36,8 +36,11 @@ def generator(tiny_model_dir: Path) -> Iterator[Any]:
         gen.tokens.close()
 
 
-def run(generator: Any, threaded: bool, cancel_after: int | None = None, **options: Any) -> Recorder:
-    """One raw greedy request, its per-token work inline or on a token thread."""
+def outcome(
+    generator: Any, threaded: bool, cancel_after: int | None = None, **options: Any
+) -> tuple[list[str], str, int, int]:
+    """One raw greedy request, its per-token work inline or on a token thread: the text
+    pieces sent, the done reason, ``eval_count`` and ``prompt_eval_count``."""
     rec = Recorder()
     request_id = next(_ids)
     generator.tokens = TokenThread() if threaded else None
@@ -47,36 +50,30 @@ def run(generator: Any, threaded: bool, cancel_after: int | None = None, **optio
     finally:
         if generator.tokens is not None:
             generator.tokens.close()
-    rec.last_id = request_id  # type: ignore[attr-defined]
-    return rec
-
-
-def outcome(rec: Recorder) -> tuple[list[str], str, int, int]:
-    request_id: int = rec.last_id  # type: ignore[attr-defined]
     stats = rec.stats(request_id)
     pieces = [e["s"] for e in rec.by_id[request_id] if e["t"] == "x"]
     return pieces, stats["done_reason"], stats["eval_count"], stats["prompt_eval_count"]
 
 
 def test_the_token_thread_sends_what_the_inline_path_sends(generator: Any) -> None:
-    inline = outcome(run(generator, False, num_predict=40))
-    threaded = outcome(run(generator, True, num_predict=40))
+    inline = outcome(generator, False, num_predict=40)
+    threaded = outcome(generator, True, num_predict=40)
     assert threaded == inline
     assert inline[1] == "length" and inline[2] == 40
 
 
 def test_a_stop_string_found_on_the_token_thread_ends_the_request_where_inline_does(generator: Any) -> None:
-    text = "".join(outcome(run(generator, False, num_predict=40))[0])
+    text = "".join(outcome(generator, False, num_predict=40)[0])
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), "the tiny model's output has text to stop at"
-    inline = outcome(run(generator, False, num_predict=40, stop=[stop]))
-    threaded = outcome(run(generator, True, num_predict=40, stop=[stop]))
+    inline = outcome(generator, False, num_predict=40, stop=[stop])
+    threaded = outcome(generator, True, num_predict=40, stop=[stop])
     assert threaded == inline
     assert inline[1] == "stop" and stop not in "".join(inline[0]) and inline[2] < 40
 
 
 def test_a_cancel_seen_on_the_token_thread_ends_the_request(generator: Any) -> None:
-    pieces, reason, count, _ = outcome(run(generator, True, cancel_after=5, num_predict=200))
+    pieces, reason, count, _ = outcome(generator, True, cancel_after=5, num_predict=200)
     assert reason == "cancel"
     assert len(pieces) == 5 and count == 5  # nothing is sent past the cancel
 
