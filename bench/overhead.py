@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ipc", choices=["shm", "stdio"], default="shm")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="start no round after this many seconds of rounds; report the rounds done",
+    )
     args = parser.parse_args(argv)
 
     model_dir = resolve_model(args.model)
@@ -161,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         # Rounds alternate which side goes first, so a drift of the machine's speed over the
         # benchmark falls on both sides alike.
         rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = []
+        deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
         for r, prompt in enumerate(prompts):
+            if deadline is not None and time.monotonic() >= deadline and rounds:
+                break
             if r % 2 == 0:
                 n = native.run(prompt)
                 rounds.append((n, server_run(client, url, prompt, args.tokens)))
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     native_tok_s, server_tok_s = median(native_speed), median(server_speed)
     # What the server adds to each round's TTFT: both sides prefill the same fresh prompt.
     ttft_extra = [s[1] - n[1] for n, s in rounds]
+    paired = [overhead_pct(n[0], s[0]) for n, s in rounds]
     emit(
         {
             "bench": "overhead",
@@ -184,12 +194,13 @@ def main(argv: list[str] | None = None) -> None:
             "ipc": args.ipc,
             "tokens": args.tokens,
             "prompt_tokens": n_prompt,
-            "runs": args.runs,
+            "runs": len(rounds),
             "native_tok_s": round(native_tok_s, 2),
             "server_tok_s": round(server_tok_s, 2),
             "overhead_pct": round(overhead_pct(native_tok_s, server_tok_s), 2),
             # Each round's own ratio: the machine's speed moves between rounds, less within one.
-            "overhead_pct_paired_median": round(median([overhead_pct(n[0], s[0]) for n, s in rounds]), 2),
+            "overhead_pct_paired_median": round(median(paired), 2),
+            "overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
             "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
             "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
             "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),

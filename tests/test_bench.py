@@ -45,11 +45,23 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert len(result["native_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 2
     low, high = result["overhead_pct_ci95"]
     assert low <= high
+    speeds = zip(result["native_tok_s_runs"], result["server_tok_s_runs"], strict=True)
+    paired = [(1 - s / n) * 100 for n, s in speeds]
+    low, high = result["overhead_pct_paired_ci95"]
+    assert min(paired) - 0.02 <= low <= result["overhead_pct_paired_median"] <= high <= max(paired) + 0.02
     extra = [s - n for n, s in zip(result["native_ttft_ms_runs"], result["server_ttft_ms_runs"], strict=True)]
     assert result["ttft_extra_ms_paired_median"] == pytest.approx(sum(extra) / 2, abs=0.02)
     low, high = result["ttft_extra_ms_ci95"]
     # (the runs are rounded to 0.01 ms each, so their difference can be 0.02 off)
     assert min(extra) - 0.02 <= low <= high <= max(extra) + 0.02
+
+
+def test_overhead_benchmark_stops_starting_rounds_after_max_seconds(tmp_path: Path) -> None:
+    argv = ["--model", "random:tiny", "--tokens", "4", "--prompt-tokens", "8"]
+    argv += ["--runs", "50", "--max-seconds", "0"]
+    result = _run("bench.overhead", argv, tmp_path)
+    # The deadline has passed before the first round: one round still runs, the rest do not.
+    assert result["runs"] == 1 and len(result["native_tok_s_runs"]) == 1
 
 
 def test_round_prompts_have_one_length_and_distinct_first_tokens() -> None:
