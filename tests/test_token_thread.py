@@ -121,11 +121,13 @@ def test_the_switch_forces_it(monkeypatch: pytest.MonkeyPatch, value: str, expec
     assert token_thread.wanted() is expected
 
 
-def test_by_default_only_a_gpu_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlx.core as mx
-
+@pytest.mark.parametrize(("cores", "expected"), [(1, False), (2, True), (16, True), (None, False)])
+def test_by_default_it_runs_where_there_is_a_second_core(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: bool
+) -> None:
     monkeypatch.delenv(token_thread.ENV, raising=False)
-    assert token_thread.wanted() is (mx.default_device() == mx.gpu)
+    monkeypatch.setattr(token_thread.os, "cpu_count", lambda: cores)
+    assert token_thread.wanted() is expected
 
 
 class _FakeWriter:

@@ -1,6 +1,6 @@
 """The worker's on/off switches from the environment (``MLXD_PROMPT_CACHE``,
 ``MLXD_BATCHED_QMV``, ``MLXD_BATCHED_ATTENTION``, and ``MLXD_TOKEN_THREAD`` when it is
-set; unset, that one follows the device): on unless set to 0, false, no or off."""
+set; unset, that one is on where there is a second core): on unless set to 0, false, no or off."""
 
 from __future__ import annotations
 
