@@ -48,6 +48,7 @@ class GenerationRequest:
     logprobs: bool = False  # return each generated token's log-probability
     top_logprobs: int = 0  # with logprobs: the n most likely tokens at each step too
     render_only: bool = False  # answer the rendered prompt as text; generate nothing
+    stream: bool = True  # False: the caller keeps only the whole answer (no chunk is sent early)
     # How long the model stays loaded once idle (seconds; math.inf = forever, 0 = unload as
     # soon as the request is done); None keeps the model's current setting.
     keep_alive: float | None = None

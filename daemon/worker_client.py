@@ -426,6 +426,8 @@ def _extras(request: GenerationRequest) -> GenerateCommand:
         extras["shift"] = False
     if request.render_only:
         extras["render_only"] = True
+    if not request.stream:
+        extras["stream"] = False
     if request.logprobs:
         extras["logprobs"] = True
         if request.top_logprobs:

@@ -54,6 +54,16 @@ async def test_not_streamed(client: httpx.AsyncClient) -> None:
     assert all(key in body for key in METRICS)
 
 
+async def test_the_engine_is_told_whether_the_answer_streams(
+    client: httpx.AsyncClient, engine: ScriptedEngine
+) -> None:
+    # A whole answer lets the worker flush its events less often.
+    await post(client, prompt="Why?")
+    await post(client, prompt="Why?", stream=False)
+    await post(client, prompt="Why?", _debug_render_only=True)
+    assert [r.stream for r in engine.requests] == [True, False, False]
+
+
 async def test_model_echoes_the_request_string(client: httpx.AsyncClient) -> None:
     chunks = ndjson(await post(client, model="TINY:latest", prompt="x"))
     assert {c["model"] for c in chunks} == {"TINY:latest"}

@@ -1,6 +1,7 @@
 """A lone request's per-token work on the token thread (in process, tiny model): the same
 events as inline, stop strings and cancels end it, what fails there reaches the decoding
-thread, and only a GPU turns it on by default."""
+thread, and it is on by default where there is a second core. A request that is not
+streamed flushes its tokens' events rarely, on either path."""
 
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ class _FakeWriter:
 
 
 class _FakeSequence:
-    """What the token thread uses of a ``Sequence``: ``accept``, ``done_reason``, ``writer``."""
+    """What the token thread uses of a ``Sequence``: ``accept``, ``flush_token``, ``done_reason``."""
 
     def __init__(self, writer: _FakeWriter, stop_at: int | None = None) -> None:
         self.writer = writer
@@ -155,6 +156,9 @@ class _FakeSequence:
         if len(self.accepted) == self.stop_at:
             self.done_reason = "stop"
         return self.done_reason is not None
+
+    def flush_token(self) -> None:
+        self.writer.flush()
 
 
 def test_tokens_are_accepted_in_order_and_none_past_the_end() -> None:
@@ -184,3 +188,37 @@ def test_a_failure_is_raised_for_its_own_sequence_only() -> None:
     thread.drain()
     thread.close()
     assert later.accepted == [0, 1, 2]
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_request_that_is_not_streamed_flushes_rarely_and_sends_the_same_events(
+    generator: Any, monkeypatch: pytest.MonkeyPatch, threaded: bool
+) -> None:
+    from worker import sequence
+
+    def run(stream: bool) -> tuple[list[dict[str, Any]], int]:
+        rec = Recorder()
+        request_id = next(_ids)
+        generator.tokens = TokenThread() if threaded else None
+        try:
+            generator.run(
+                {**command(request_id, temperature=0, num_predict=24), "stream": stream}, rec, lambda: False
+            )
+        finally:
+            if generator.tokens is not None:
+                generator.tokens.close()
+        events = [{k: v for k, v in e.items() if k != "id"} for e in rec.by_id[request_id]]
+        for event in events:
+            if event["t"] == "d":  # timings differ between runs
+                event["stats"] = {k: v for k, v in event["stats"].items() if not k.endswith("_ns")}
+        return events, rec.flushes
+
+    streamed, streamed_flushes = run(True)
+    monkeypatch.setattr(sequence, "QUIET_FLUSH_SECONDS", 3600.0)
+    quiet, quiet_flushes = run(False)
+    assert quiet == streamed and sum(e["t"] == "x" for e in quiet) >= 20
+    assert streamed_flushes >= 24
+    assert quiet_flushes == 2  # the first token's, then the end's
+    monkeypatch.setattr(sequence, "QUIET_FLUSH_SECONDS", 0.0)
+    _, paced_flushes = run(False)
+    assert paced_flushes >= 24  # past the interval, every token flushes again

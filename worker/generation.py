@@ -280,7 +280,7 @@ class Generator:
                 first = False
                 if seq.accept(token, logprobs):
                     return None
-                seq.writer.flush()
+                seq.flush_token()
             else:
                 tokens.push(seq, token)
                 # An end-of-sequence token ends the request here, as the budget ends the loop;

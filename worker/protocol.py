@@ -69,6 +69,7 @@ class GenerateCommand(TypedDict, total=False):
     logprobs: bool  # send each generated token's log-probability (LOGPROBS events)
     top_logprobs: int  # with logprobs: also the n most likely tokens at each step (0–20)
     render_only: bool  # one TEXT event with the prompt as the model would see it, then DONE
+    stream: bool  # False: only the whole answer is wanted; events are flushed less often
 
 
 class EmbedCommand(TypedDict, total=False):

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from worker.generation import Generator
 
 DEFAULT_NUM_CTX = 4096
+# A request that is not streamed publishes its events at most this often while it decodes
+# (its end at once): the daemon only keeps them, and each flush costs it a wake-up. Often
+# enough that the daemon's stall watchdog and a departed daemon are still noticed soon.
+QUIET_FLUSH_SECONDS = 0.25
 
 
 class SequenceError(Exception):
@@ -91,6 +95,8 @@ class Sequence:
         self.done_reason: str | None = None
         self.started_ns = time.perf_counter_ns()
         self.first_ns = 0
+        self.quiet = command.get("stream", True) is False
+        self._next_flush = 0.0  # with ``quiet``: the monotonic time of the next token flush
 
     def accept(self, token: int, logprobs: mx.array | None = None) -> bool:
         """Take one sampled token (and the step's log-probabilities over the vocabulary);
@@ -116,6 +122,17 @@ class Sequence:
         elif self.cancelled():
             self.done_reason = "cancel"
         return self.done_reason is not None
+
+    def flush_token(self) -> None:
+        """Publish the events of the token just accepted: at once when the request is
+        streamed, at most every ``QUIET_FLUSH_SECONDS`` when it is not (the first token's
+        at once either way)."""
+        if self.quiet:
+            now = time.monotonic()
+            if now < self._next_flush:
+                return
+            self._next_flush = now + QUIET_FLUSH_SECONDS
+        self.writer.flush()
 
     def finish(self, reason: str | None = None) -> None:
         """Emit the held-back text and the done event (the driver flushes)."""

@@ -45,8 +45,9 @@ class TokenThread:
     """Accepts the tokens of one sequence at a time, in order, on a thread of its own.
 
     ``push`` hands a token over; ``drain`` waits until every token pushed has been
-    accepted and flushed, and raises what failed meanwhile (``push`` raises it too, so
-    the decoding thread stops early when the daemon is gone)."""
+    accepted (and flushed, when its request streams: ``Sequence.flush_token``), and raises
+    what failed meanwhile (``push`` raises it too, so the decoding thread stops early when
+    the daemon is gone)."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
@@ -100,6 +101,6 @@ class TokenThread:
                 continue  # decoded past the end (a stop string, a cancel) or past a failure
             try:
                 seq.accept(token)
-                seq.writer.flush()
+                seq.flush_token()
             except BaseException as exc:  # the decoding thread raises it at its next push
                 self._error, self._failed = (seq, exc), seq

@@ -262,6 +262,7 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
     is a plain JSON error with its status. The engine applies ``keep_alive`` when it ends.
     """
     request.keep_alive = call.body.keep_alive
+    request.stream = bool(call.body.stream) and not request.render_only
     events = call.services.engine.generate(call.handle, request)
 
     async def release() -> None:
