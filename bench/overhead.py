@@ -11,6 +11,11 @@ warm-up's length that shares no prefix with any prompt the server's prompt cache
 holds (TTFT is a cold prefill of already-compiled shapes on both sides). Both sides make
 exactly ``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints
 one JSON object.
+
+``--env-b NAME=VALUE`` starts a second daemon with those variables (e.g.
+``MLXD_TOKEN_THREAD=0``) and rotates three sides each round; the ``b_*`` fields compare it
+with native and, round by round, with the first daemon: between runs minutes apart the
+machine's speed moves more than a small difference, within one rotation much less.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import gc
 import random
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,72 +157,117 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="start no round after this many seconds of rounds; report the rounds done",
     )
+    parser.add_argument(
+        "--env-b",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also run a second daemon with this variable set (repeatable); rounds rotate native, "
+        "the daemon, the second daemon, and b_* fields compare the second with both",
+    )
     args = parser.parse_args(argv)
 
     model_dir = resolve_model(args.model)
     text = prompt_text(args.prompt_tokens)
-    with daemon(model_dir, ipc=args.ipc) as url, httpx.Client(timeout=None) as client:
+    env_b = dict(args.env_b)
+    with ExitStack() as stack:
+        url = stack.enter_context(daemon(model_dir, ipc=args.ipc))
+        url_b = stack.enter_context(daemon(model_dir, ipc=args.ipc, env=env_b)) if env_b else None
+        client = stack.enter_context(httpx.Client(timeout=None))
         native = Native(model_dir, args.tokens)
         # A prompt per round (so TTFT is a cold prefill on both sides, not the server's prompt
         # cache, which keeps the last few only), all of the warm-up's length (so no round
         # compiles kernels for a new shape).
         window = 2 * cache_entries()
         warm_up, *prompts = distinct_prompts(native.encode, text, args.runs + 1, window)
-        server_run(client, url, warm_up, args.tokens)  # loads the worker's model
+        sides: list[Callable[[str], Any]] = [native.run, lambda p: server_run(client, url, p, args.tokens)]
+        if url_b is not None:
+            sides.append(lambda p: server_run(client, url_b, p, args.tokens))
+        for side in sides[1:]:
+            side(warm_up)  # loads the worker's model
         native.run(warm_up)  # compiles the kernels, as the worker does at load
-        # Rounds alternate which side goes first, so a drift of the machine's speed over the
-        # benchmark falls on both sides alike.
-        rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = []
+        # Rounds rotate which side goes first, so a drift of the machine's speed over the
+        # benchmark falls on every side alike.
+        results: list[list[Any]] = []  # per round: native, server[, server B]
         deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
         for r, prompt in enumerate(prompts):
-            if deadline is not None and time.monotonic() >= deadline and rounds:
+            if deadline is not None and time.monotonic() >= deadline and results:
                 break
-            if r % 2 == 0:
-                n = native.run(prompt)
-                rounds.append((n, server_run(client, url, prompt, args.tokens)))
-            else:
-                s = server_run(client, url, prompt, args.tokens)
-                rounds.append((native.run(prompt), s))
+            first = r % len(sides)
+            done = {i: sides[i](prompt) for i in [*range(first, len(sides)), *range(first)]}
+            results.append([done[i] for i in range(len(sides))])
         n_prompt = native.prompt_tokens(prompts[0])
         del native
         gc.collect()
+    rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = [(n, s) for n, s, *_ in results]
     native_speed = [n[0] for n, _ in rounds]
     server_speed = [s[0] for _, s in rounds]
     native_tok_s, server_tok_s = median(native_speed), median(server_speed)
     # What the server adds to each round's TTFT: both sides prefill the same fresh prompt.
     ttft_extra = [s[1] - n[1] for n, s in rounds]
     paired = [overhead_pct(n[0], s[0]) for n, s in rounds]
-    emit(
-        {
-            "bench": "overhead",
-            "model": args.model,
-            "device": device_name(),
-            "ipc": args.ipc,
-            "tokens": args.tokens,
-            "prompt_tokens": n_prompt,
-            "runs": len(rounds),
-            "native_tok_s": round(native_tok_s, 2),
-            "server_tok_s": round(server_tok_s, 2),
-            "overhead_pct": round(overhead_pct(native_tok_s, server_tok_s), 2),
-            # Each round's own ratio: the machine's speed moves between rounds, less within one.
-            "overhead_pct_paired_median": round(median(paired), 2),
-            "overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
-            "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
-            "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
-            "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
-            "ttft_extra_ms_paired_median": round(median(ttft_extra), 2),
-            "ttft_extra_ms_ci95": [round(v, 2) for v in median_interval(ttft_extra)],
-            "native_ttft_ms_runs": [round(n[1], 2) for n, _ in rounds],
-            "server_ttft_ms_runs": [round(s[1], 2) for _, s in rounds],
-            "native_tok_s_runs": [round(v, 2) for v in native_speed],
-            "server_tok_s_runs": [round(v, 2) for v in server_speed],
-            # The worker's own decode speed, as its final chunk reports it: a gap between this
-            # and server_tok_s is delivery (daemon, HTTP, client), the rest is the worker.
-            "server_eval_tok_s": round(median([s[2] for _, s in rounds]), 2),
-            "server_eval_tok_s_runs": [round(s[2], 2) for _, s in rounds],
-        },
-        args.table,
-    )
+    result: dict[str, Any] = {
+        "bench": "overhead",
+        "model": args.model,
+        "device": device_name(),
+        "ipc": args.ipc,
+        "tokens": args.tokens,
+        "prompt_tokens": n_prompt,
+        "runs": len(rounds),
+        "native_tok_s": round(native_tok_s, 2),
+        "server_tok_s": round(server_tok_s, 2),
+        "overhead_pct": round(overhead_pct(native_tok_s, server_tok_s), 2),
+        # Each round's own ratio: the machine's speed moves between rounds, less within one.
+        "overhead_pct_paired_median": round(median(paired), 2),
+        "overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
+        "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
+        "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
+        "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
+        "ttft_extra_ms_paired_median": round(median(ttft_extra), 2),
+        "ttft_extra_ms_ci95": [round(v, 2) for v in median_interval(ttft_extra)],
+        "native_ttft_ms_runs": [round(n[1], 2) for n, _ in rounds],
+        "server_ttft_ms_runs": [round(s[1], 2) for _, s in rounds],
+        "native_tok_s_runs": [round(v, 2) for v in native_speed],
+        "server_tok_s_runs": [round(v, 2) for v in server_speed],
+        # The worker's own decode speed, as its final chunk reports it: a gap between this
+        # and server_tok_s is delivery (daemon, HTTP, client), the rest is the worker.
+        "server_eval_tok_s": round(median([s[2] for _, s in rounds]), 2),
+        "server_eval_tok_s_runs": [round(s[2], 2) for _, s in rounds],
+    }
+    if env_b:
+        result.update(second_server(env_b, native_speed, server_speed, results))
+    emit(result, args.table)
+
+
+def second_server(
+    env: dict[str, str], native: list[float], server: list[float], results: list[list[Any]]
+) -> dict[str, Any]:
+    """The figures of the daemon run with ``--env-b``, against native and against the first."""
+    speed = [b[0] for _, _, b in results]
+    paired = [overhead_pct(n, b) for n, b in zip(native, speed, strict=True)]
+    versus = [overhead_pct(a, b) for a, b in zip(server, speed, strict=True)]
+    extra = [b[1] - n[1] for n, _, b in results]
+    return {
+        "b_env": env,
+        "b_server_tok_s": round(median(speed), 2),
+        "b_overhead_pct_paired_median": round(median(paired), 2),
+        "b_overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
+        # Below 0: the second daemon is the faster; measured in the same rounds as the first.
+        "b_vs_a_pct_paired_median": round(median(versus), 2),
+        "b_vs_a_pct_paired_ci95": [round(v, 2) for v in median_interval(versus)],
+        "b_ttft_extra_ms_paired_median": round(median(extra), 2),
+        "b_server_ttft_ms_runs": [round(b[1], 2) for _, _, b in results],
+        "b_server_tok_s_runs": [round(v, 2) for v in speed],
+    }
+
+
+def assignment(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` from the command line."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 if __name__ == "__main__":

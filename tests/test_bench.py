@@ -64,6 +64,31 @@ def test_overhead_benchmark_stops_starting_rounds_after_max_seconds(tmp_path: Pa
     assert result["runs"] == 1 and len(result["native_tok_s_runs"]) == 1
 
 
+def test_overhead_benchmark_compares_a_second_daemon_in_the_same_rounds(tmp_path: Path) -> None:
+    argv = ["--model", "random:tiny", "--tokens", "6", "--prompt-tokens", "8", "--runs", "3"]
+    argv += ["--env-b", "MLXD_TOKEN_THREAD=0", "--env-b", "MLXD_PROMPT_CACHE=0"]
+    result = _run("bench.overhead", argv, tmp_path)
+    assert result["b_env"] == {"MLXD_TOKEN_THREAD": "0", "MLXD_PROMPT_CACHE": "0"}
+    assert result["runs"] == 3 and len(result["b_server_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 3
+    rounds = zip(result["server_tok_s_runs"], result["b_server_tok_s_runs"], strict=True)
+    versus = sorted((1 - b / a) * 100 for a, b in rounds)
+    assert result["b_vs_a_pct_paired_median"] == pytest.approx(versus[1], abs=0.02)
+    low, high = result["b_overhead_pct_paired_ci95"]
+    assert low <= result["b_overhead_pct_paired_median"] <= high
+    assert all(v > 0 for v in result["b_server_ttft_ms_runs"])
+
+
+def test_overhead_benchmark_refuses_a_malformed_assignment(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--model", "random:tiny", "--env-b", "MLXD_TOKEN_THREAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "expected NAME=VALUE, got 'MLXD_TOKEN_THREAD'" in out.stderr
+
+
 def test_round_prompts_have_one_length_and_distinct_first_tokens() -> None:
     from bench.harness import MARKS, distinct_prompts
 
