@@ -37,20 +37,26 @@ def generator(tiny_model_dir: Path) -> Iterator[Any]:
         gen.tokens.close()
 
 
+def serve(generator: Any, threaded: bool, cmd: dict[str, Any], cancel_after: int | None = None) -> Recorder:
+    """Run one command with its per-token work inline or on a token thread; what it sent.
+    ``cancel_after``: the request is cancelled once that many text events have gone out."""
+    rec = Recorder()
+    generator.tokens = TokenThread() if threaded else None
+    try:
+        generator.run(cmd, rec, lambda: cancel_after is not None and rec.count(cmd["id"]) >= cancel_after)
+    finally:
+        if generator.tokens is not None:
+            generator.tokens.close()
+    return rec
+
+
 def outcome(
     generator: Any, threaded: bool, cancel_after: int | None = None, **options: Any
 ) -> tuple[list[str], str, int, int]:
     """One raw greedy request, its per-token work inline or on a token thread: the text
     pieces sent, the done reason, ``eval_count`` and ``prompt_eval_count``."""
-    rec = Recorder()
     request_id = next(_ids)
-    generator.tokens = TokenThread() if threaded else None
-    cmd = command(request_id, temperature=0, **options)
-    try:
-        generator.run(cmd, rec, lambda: cancel_after is not None and rec.count(request_id) >= cancel_after)
-    finally:
-        if generator.tokens is not None:
-            generator.tokens.close()
+    rec = serve(generator, threaded, command(request_id, temperature=0, **options), cancel_after)
     stats = rec.stats(request_id)
     pieces = [e["s"] for e in rec.by_id[request_id] if e["t"] == "x"]
     return pieces, stats["done_reason"], stats["eval_count"], stats["prompt_eval_count"]
@@ -197,16 +203,10 @@ def test_a_request_that_is_not_streamed_flushes_rarely_and_sends_the_same_events
     from worker import sequence
 
     def run(stream: bool) -> tuple[list[dict[str, Any]], int]:
-        rec = Recorder()
         request_id = next(_ids)
-        generator.tokens = TokenThread() if threaded else None
-        try:
-            generator.run(
-                {**command(request_id, temperature=0, num_predict=24), "stream": stream}, rec, lambda: False
-            )
-        finally:
-            if generator.tokens is not None:
-                generator.tokens.close()
+        rec = serve(
+            generator, threaded, {**command(request_id, temperature=0, num_predict=24), "stream": stream}
+        )
         events = [{k: v for k, v in e.items() if k != "id"} for e in rec.by_id[request_id]]
         for event in events:
             if event["t"] == "d":  # timings differ between runs
