@@ -1,8 +1,8 @@
 """The MLX side of a worker: load a model, warm it up, and run generations.
 
 Everything here runs on one dedicated thread: MLX streams are thread-local, so the
-model is loaded and used on the same thread (on a GPU, a lone request's per-token
-bookkeeping runs beside it: ``worker.token_thread``). A request that runs alone takes mlx-lm's
+model is loaded and used on the same thread (a lone request's per-token bookkeeping
+runs beside it: ``worker.token_thread``). A request that runs alone takes mlx-lm's
 ``generate_step`` (no batching overhead); when others arrive while it runs, it moves,
 with its KV cache, into a continuous batch (``worker.batching``). Either way the KV cache
 of a finished request is kept for the next one that shares its prefix

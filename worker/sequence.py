@@ -3,8 +3,9 @@
 A :class:`Sequence` is driven token by token, either alone (``generate_step``, the
 fastest path for one request) or as one row of a batch (``worker.batching``). Per token it
 does a constant amount of work: one incremental detokenizer step, a bounded stop-string
-check, a bounded thinking/tool-call split, and the events written into the ring (the
-driver flushes once per step, so a batch wakes the daemon once).
+check, a bounded thinking/tool-call split, and the events written into the ring (a batch
+flushes once per step, so it wakes the daemon once; a lone request flushes through
+:meth:`Sequence.flush_token`, rarely when the answer is not streamed).
 """
 
 from __future__ import annotations

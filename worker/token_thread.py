@@ -85,7 +85,7 @@ class TokenThread:
             self._thread.join()
             self._thread = None
 
-    def _raise_for(self, seq: Sequence | None) -> None:
+    def _raise_for(self, seq: Sequence) -> None:
         """Raise what failed for ``seq``; a failure of an earlier sequence is stale: dropped."""
         error, self._error = self._error, None
         if error is not None and error[0] is seq:
