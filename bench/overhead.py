@@ -5,12 +5,14 @@
 Native: ``generate_step`` in this process, greedy, timed per token. Server: a real
 ``mlxd serve`` + worker, ``/api/generate`` (raw, greedy) streamed over HTTP and timed
 from the client: TTFT from sending the request to the first chunk, decode speed from the
-first to the last chunk. The two take turns against one running daemon (an idle worker
-uses no CPU), each round in the other order than the last and with a prompt of the
-warm-up's length that shares no prefix with any prompt the server's prompt cache still
-holds (TTFT is a cold prefill of already-compiled shapes on both sides). Both sides make
-exactly ``--tokens`` tokens (random models cannot emit their end-of-sequence token). Prints
-one JSON object.
+first to the last chunk, and its median time between tokens (``itl``: the steady
+per-token cost, without the stalls a whole generation's time includes). The two take
+turns against one running daemon (an idle worker uses no CPU), each round in the other
+order than the last and with a prompt of the warm-up's length that shares no prefix with
+any prompt the server's prompt cache still holds (TTFT is a cold prefill of
+already-compiled shapes on both sides). Both sides make exactly ``--tokens`` tokens
+(random models cannot emit their end-of-sequence token). Prints one JSON object;
+``bench.pool`` joins the rounds of several runs.
 
 ``--env-b NAME=VALUE`` starts a second daemon with those variables (e.g.
 ``MLXD_TOKEN_THREAD=0``) and rotates three sides each round; the ``b_*`` fields compare it
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -64,28 +67,26 @@ class Native:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
         return ids
 
-    def run(self, prompt: str) -> tuple[float, float]:
-        """(tok/s, TTFT ms) of one generation."""
+    def run(self, prompt: str) -> tuple[float, float, float]:
+        """(tok/s, TTFT ms, median ms between tokens) of one generation."""
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
         started = time.perf_counter()
-        first = last = started
-        count = 0
+        stamps: list[float] = []
         ids = mx.array(self.tokenizer.encode(prompt))
-        steps = generate_step(ids, self.model, max_tokens=self.tokens, sampler=self.sampler)
-        for count, _ in enumerate(steps, 1):
-            last = time.perf_counter()
-            if count == 1:
-                first = last
+        for _ in generate_step(ids, self.model, max_tokens=self.tokens, sampler=self.sampler):
+            stamps.append(time.perf_counter())
+        count = len(stamps)
         assert count == self.tokens, f"native run made {count} tokens, not {self.tokens}"
-        return (count - 1) / (last - first), (first - started) * 1000
+        return (count - 1) / (stamps[-1] - stamps[0]), (stamps[0] - started) * 1000, gap_ms(stamps)
 
 
-def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tuple[float, float, float]:
-    """(tok/s, TTFT ms, the worker's own tok/s) of one streamed ``/api/generate``: the first
-    two timed from the client's side, the last from the final chunk's ``eval_count`` and
-    ``eval_duration`` (which separates the worker's speed from the delivery's)."""
+def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tuple[float, float, float, float]:
+    """(tok/s, TTFT ms, the worker's own tok/s, median ms between tokens) of one streamed
+    ``/api/generate``: all but the third timed from the client's side, the third from the
+    final chunk's ``eval_count`` and ``eval_duration`` (which separates the worker's speed
+    from the delivery's)."""
     body = {
         "model": "bench",
         "prompt": prompt,
@@ -94,8 +95,8 @@ def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tupl
         "options": {"temperature": 0, "num_predict": tokens, "seed": 0},
     }
     started = time.perf_counter()
-    first = last = started
-    chunks = 0
+    stamps: list[float] = []  # when each chunk with text arrived
+    last = started
     final: dict[str, Any] = {}
     with client.stream("POST", url + "/api/generate", content=orjson.dumps(body)) as response:
         response.raise_for_status()
@@ -104,20 +105,31 @@ def server_run(client: httpx.Client, url: str, prompt: str, tokens: int) -> tupl
             chunk = orjson.loads(line)
             if "error" in chunk:
                 raise RuntimeError(chunk["error"])
-            chunks += 1
-            if chunks == 1:
-                first = last
             if chunk.get("done"):
                 final = chunk
+            else:
+                stamps.append(last)
     made = int(final.get("eval_count", 0))
-    assert made == tokens, f"server run made {made} tokens, not {tokens}"
+    assert made == tokens and stamps, f"server run made {made} tokens, not {tokens}"
+    first = stamps[0]
     # eval_duration runs from the first token to the last, like the client's window.
     worker = (made - 1) / (int(final.get("eval_duration", 0)) / 1e9 or float("inf"))
-    return (made - 1) / (last - first), (first - started) * 1000, worker
+    return (made - 1) / (last - first), (first - started) * 1000, worker, gap_ms(stamps)
+
+
+def gap_ms(stamps: list[float]) -> float:
+    """The median time between consecutive stamps, in ms (0 with fewer than two)."""
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    return median(gaps) * 1000 if gaps else 0.0
 
 
 def overhead_pct(native: float, server: float) -> float:
     return (1 - server / native) * 100
+
+
+def itl_overhead_pct(native_ms: float, server_ms: float) -> float:
+    """``overhead_pct`` of the speeds that two times between tokens make."""
+    return overhead_pct(1 / native_ms, 1 / server_ms) if native_ms > 0 and server_ms > 0 else 0.0
 
 
 T = TypeVar("T")
@@ -200,13 +212,16 @@ def main(argv: list[str] | None = None) -> None:
         n_prompt = native.prompt_tokens(prompts[0])
         del native
         gc.collect()
-    rounds: list[tuple[tuple[float, float], tuple[float, float, float]]] = [(n, s) for n, s, *_ in results]
+    rounds: list[tuple[tuple[float, float, float], tuple[float, float, float, float]]]
+    rounds = [(n, s) for n, s, *_ in results]
     native_speed = [n[0] for n, _ in rounds]
     server_speed = [s[0] for _, s in rounds]
     native_tok_s, server_tok_s = median(native_speed), median(server_speed)
     # What the server adds to each round's TTFT: both sides prefill the same fresh prompt.
     ttft_extra = [s[1] - n[1] for n, s in rounds]
     paired = [overhead_pct(n[0], s[0]) for n, s in rounds]
+    # The same from each round's median time between tokens (1 / itl as the speed).
+    paired_itl = [itl_overhead_pct(n[2], s[3]) for n, s in rounds]
     result: dict[str, Any] = {
         "bench": "overhead",
         "model": args.model,
@@ -222,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
         "overhead_pct_paired_median": round(median(paired), 2),
         "overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
         "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
+        "native_itl_ms": round(median([n[2] for n, _ in rounds]), 4),
+        "server_itl_ms": round(median([s[3] for _, s in rounds]), 4),
+        "itl_overhead_pct_paired_median": round(median(paired_itl), 2),
+        "itl_overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired_itl)],
         "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
         "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
         "ttft_extra_ms_paired_median": round(median(ttft_extra), 2),
@@ -230,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         "server_ttft_ms_runs": [round(s[1], 2) for _, s in rounds],
         "native_tok_s_runs": [round(v, 2) for v in native_speed],
         "server_tok_s_runs": [round(v, 2) for v in server_speed],
+        "native_itl_ms_runs": [round(n[2], 4) for n, _ in rounds],
+        "server_itl_ms_runs": [round(s[3], 4) for _, s in rounds],
         # The worker's own decode speed, as its final chunk reports it: a gap between this
         # and server_tok_s is delivery (daemon, HTTP, client), the rest is the worker.
         "server_eval_tok_s": round(median([s[2] for _, s in rounds]), 2),
@@ -248,6 +269,8 @@ def second_server(
     paired = [overhead_pct(n, b) for n, b in zip(native, speed, strict=True)]
     versus = [overhead_pct(a, b) for a, b in zip(server, speed, strict=True)]
     extra = [b[1] - n[1] for n, _, b in results]
+    paired_itl = [itl_overhead_pct(n[2], b[3]) for n, _, b in results]
+    versus_itl = [itl_overhead_pct(a[3], b[3]) for _, a, b in results]
     return {
         "b_env": env,
         "b_server_tok_s": round(median(speed), 2),
@@ -256,9 +279,14 @@ def second_server(
         # Below 0: the second daemon is the faster; measured in the same rounds as the first.
         "b_vs_a_pct_paired_median": round(median(versus), 2),
         "b_vs_a_pct_paired_ci95": [round(v, 2) for v in median_interval(versus)],
+        "b_itl_overhead_pct_paired_median": round(median(paired_itl), 2),
+        "b_itl_overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired_itl)],
+        "b_vs_a_itl_pct_paired_median": round(median(versus_itl), 2),
+        "b_vs_a_itl_pct_paired_ci95": [round(v, 2) for v in median_interval(versus_itl)],
         "b_ttft_extra_ms_paired_median": round(median(extra), 2),
         "b_server_ttft_ms_runs": [round(b[1], 2) for _, _, b in results],
         "b_server_tok_s_runs": [round(v, 2) for v in speed],
+        "b_server_itl_ms_runs": [round(b[3], 4) for _, _, b in results],
     }
 
 

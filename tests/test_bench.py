@@ -54,6 +54,75 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     low, high = result["ttft_extra_ms_ci95"]
     # (the runs are rounded to 0.01 ms each, so their difference can be 0.02 off)
     assert min(extra) - 0.02 <= low <= high <= max(extra) + 0.02
+    # The median time between tokens: 7 gaps of 8 tokens on each side, in every round.
+    gaps = zip(result["native_itl_ms_runs"], result["server_itl_ms_runs"], strict=True)
+    itl = [(1 - n / s) * 100 for n, s in gaps]
+    assert len(itl) == 2 and all(n > 0 for n in result["native_itl_ms_runs"] + result["server_itl_ms_runs"])
+    assert result["itl_overhead_pct_paired_median"] == pytest.approx(sum(itl) / 2, abs=0.05)
+    low, high = result["itl_overhead_pct_paired_ci95"]
+    assert min(itl) - 0.05 <= low <= high <= max(itl) + 0.05
+    # A round's median gap (ms) is at most the sum of its 7 gaps: the window its speed spans.
+    for speed, gap in zip(result["native_tok_s_runs"], result["native_itl_ms_runs"], strict=True):
+        assert 0 < gap <= 7 * 1000 / speed + 0.01
+
+
+def _overhead_run(path: Path, native: list[float], server: list[float], **extra: Any) -> Path:
+    """A file shaped like ``bench.overhead``'s output (a log line before it), for the pool."""
+    run = {
+        "bench": "overhead",
+        "model": "random:tiny",
+        "device": "Device(cpu, 0)",
+        "tokens": 8,
+        "runs": len(native),
+        "native_tok_s": 0.0,
+        "server_tok_s": 0.0,
+        "overhead_pct_paired_median": 0.0,
+        "native_tok_s_runs": native,
+        "server_tok_s_runs": server,
+        "native_ttft_ms_runs": [10.0] * len(native),
+        "server_ttft_ms_runs": [12.0] * len(native),
+        **extra,
+    }
+    path.write_text("loading...\n" + json.dumps(run) + "\n")
+    return path
+
+
+def test_pool_joins_the_rounds_of_several_runs(tmp_path: Path) -> None:
+    from bench.pool import load, pool
+
+    a = _overhead_run(tmp_path / "a.json", [100.0, 100.0], [99.0, 97.0], native_itl_ms_runs=[10.0, 10.0])
+    a_run = {**load(a), "server_itl_ms_runs": [10.1, 10.3]}
+    b_run = load(_overhead_run(tmp_path / "b.json", [200.0], [196.0]))
+    result = pool([a_run, b_run], ["a.json", "b.json"])
+    assert result["runs"] == 3 and [each["file"] for each in result["each"]] == ["a.json", "b.json"]
+    assert result["overhead_pct_paired_median"] == 2.0  # of 1, 3 and 2 %
+    low, high = result["overhead_pct_paired_ci95"]
+    assert 1.0 <= low <= 2.0 <= high <= 3.0
+    assert result["ttft_extra_ms_paired_median"] == 2.0
+    assert 1.9 < result["overhead_pct_geomean"] < 2.1
+    low, high = result["overhead_pct_geomean_ci95"]
+    assert low < result["overhead_pct_geomean"] < high
+    assert "itl_overhead_pct_paired_median" not in result  # b has no gaps
+    result = pool([a_run], ["a.json"])
+    both = ((1 - 10 / 10.1) + (1 - 10 / 10.3)) * 50  # the median of two rounds' gap overheads
+    assert result["itl_overhead_pct_paired_median"] == pytest.approx(both, abs=0.01)
+
+
+def test_pool_refuses_other_files_and_mixed_shapes(tmp_path: Path) -> None:
+    def pool_cli(*files: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "bench.pool", *map(str, files)]
+        return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    a = _overhead_run(tmp_path / "a.json", [100.0], [99.0])
+    b = _overhead_run(tmp_path / "b.json", [100.0], [99.0], tokens=16)
+    out = pool_cli(a, b)
+    assert out.returncode == 2 and "the runs differ in model or tokens" in out.stderr
+    other = tmp_path / "other.json"
+    other.write_text('{"bench": "concurrency"}\n')
+    out = pool_cli(a, other)
+    assert out.returncode == 2 and "other.json: not the output of bench.overhead" in out.stderr
+    out = pool_cli(a, a)
+    assert out.returncode == 0 and json.loads(out.stdout)["runs"] == 2
 
 
 def test_overhead_benchmark_stops_starting_rounds_after_max_seconds(tmp_path: Path) -> None:
