@@ -15,9 +15,10 @@ already-compiled shapes on both sides). Both sides make exactly ``--tokens`` tok
 ``bench.pool`` joins the rounds of several runs.
 
 ``--env-b NAME=VALUE`` starts a second daemon with those variables (e.g.
-``MLXD_TOKEN_THREAD=0``) and rotates three sides each round; the ``b_*`` fields compare it
-with native and, round by round, with the first daemon: between runs minutes apart the
-machine's speed moves more than a small difference, within one rotation much less.
+``MLXD_TOKEN_THREAD=0``) and runs three sides each round, in six orders in turn (a multiple
+of 6 rounds balances them exactly); the ``b_*`` fields compare it with native and, round
+by round, with the first daemon: between runs minutes apart the machine's speed moves more
+than a small difference, within one round much less.
 """
 
 from __future__ import annotations
@@ -123,6 +124,23 @@ def gap_ms(stamps: list[float]) -> float:
     return median(gaps) * 1000 if gaps else 0.0
 
 
+# Orders of the sides by round, repeated. Over one period every side runs right after every
+# side (itself included, across rounds too) equally often: on a 2-core CPU a daemon's side
+# ran 1–4 % slower right after the other daemon's side than right after native's, which a
+# plain rotation (N A B, A B N, B N A) puts on the second daemon twice as often as on the first.
+_ORDERS: dict[int, list[tuple[int, ...]]] = {
+    1: [(0,)],
+    2: [(0, 1), (1, 0)],
+    3: [(0, 1, 2), (2, 1, 0), (0, 2, 1), (1, 0, 2), (2, 0, 1), (1, 2, 0)],
+}
+
+
+def round_order(r: int, sides: int) -> tuple[int, ...]:
+    """The order in which round ``r`` runs its sides (0 is native)."""
+    orders = _ORDERS[sides]
+    return orders[r % len(orders)]
+
+
 def overhead_pct(native: float, server: float) -> float:
     return (1 - server / native) * 100
 
@@ -199,15 +217,14 @@ def main(argv: list[str] | None = None) -> None:
         for side in sides[1:]:
             side(warm_up)  # loads the worker's model
         native.run(warm_up)  # compiles the kernels, as the worker does at load
-        # Rounds rotate which side goes first, so a drift of the machine's speed over the
-        # benchmark falls on every side alike.
+        # The order changes every round (``round_order``), so a drift of the machine's speed
+        # and the side that ran just before fall on every side alike.
         results: list[list[Any]] = []  # per round: native, server[, server B]
         deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
         for r, prompt in enumerate(prompts):
             if deadline is not None and time.monotonic() >= deadline and results:
                 break
-            first = r % len(sides)
-            done = {i: sides[i](prompt) for i in [*range(first, len(sides)), *range(first)]}
+            done = {i: sides[i](prompt) for i in round_order(r, len(sides))}
             results.append([done[i] for i in range(len(sides))])
         n_prompt = native.prompt_tokens(prompts[0])
         del native

@@ -10,6 +10,13 @@ pooled paired median overhead and its 95 % bootstrap interval (as ``bench.overhe
 them for one run), the same for the median time between tokens where every run has it,
 the overhead of the geometric mean of the rounds' speed ratios with a 95 % interval
 (normal on the logarithms), the pooled extra TTFT, and one summary row per run.
+
+Those intervals count rounds, and a run's rounds share one daemon, worker and benchmark
+process, whose speeds differ from the next run's by more than the rounds within a run
+show (on a 2-core CPU, eight runs of one build: paired medians 3.9–9.1 %, each with an
+interval of about ±1.5 points). With two runs or more, ``overhead_pct_between_runs_*``
+gives the mean of the runs' own paired medians and a 95 % t interval: the honest one
+when the runs are few.
 """
 
 from __future__ import annotations
@@ -46,6 +53,20 @@ def geometric_overhead(native: list[float], server: list[float]) -> tuple[float,
     return _pct(centre), (_pct(centre + half), _pct(centre - half))
 
 
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (1–30); 1.96 beyond.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+_T975 += [2.201, 2.179, 2.16, 2.145, 2.131, 2.12, 2.11, 2.101, 2.093, 2.086]
+_T975 += [2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def mean_interval(values: list[float]) -> tuple[float, tuple[float, float]]:
+    """The mean of ``values`` (two or more) and its 95 % t interval."""
+    centre = fmean(values)
+    df = len(values) - 1
+    half = (_T975[df - 1] if df <= len(_T975) else 1.96) * stdev(values) / math.sqrt(len(values))
+    return centre, (centre - half, centre + half)
+
+
 def _pct(log_ratio: float) -> float:
     return (1 - math.exp(log_ratio)) * 100
 
@@ -55,7 +76,9 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         raise ValueError("the runs differ in model or tokens: pool one shape at a time")
     native = [v for run in runs for v in run["native_tok_s_runs"]]
     server = [v for run in runs for v in run["server_tok_s_runs"]]
-    paired = [overhead_pct(n, s) for n, s in zip(native, server, strict=True)]
+    speeds = [zip(run["native_tok_s_runs"], run["server_tok_s_runs"], strict=True) for run in runs]
+    per_run = [[overhead_pct(n, s) for n, s in pairs] for pairs in speeds]
+    paired = [v for values in per_run for v in values]
     ttft = [zip(run["native_ttft_ms_runs"], run["server_ttft_ms_runs"], strict=True) for run in runs]
     extra = [s - n for pairs in ttft for n, s in pairs]
     geo, geo_interval = geometric_overhead(native, server)
@@ -72,6 +95,10 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         "ttft_extra_ms_paired_median": round(median(extra), 2),
         "ttft_extra_ms_ci95": [round(v, 2) for v in median_interval(extra)],
     }
+    if len(runs) > 1:
+        centre, interval = mean_interval([median(values) for values in per_run])
+        result["overhead_pct_between_runs_mean"] = round(centre, 2)
+        result["overhead_pct_between_runs_ci95"] = [round(v, 2) for v in interval]
     if all("native_itl_ms_runs" in run for run in runs):
         itl = [
             itl_overhead_pct(n, s)

@@ -103,9 +103,23 @@ def test_pool_joins_the_rounds_of_several_runs(tmp_path: Path) -> None:
     low, high = result["overhead_pct_geomean_ci95"]
     assert low < result["overhead_pct_geomean"] < high
     assert "itl_overhead_pct_paired_median" not in result  # b has no gaps
+    # Between runs: the mean of each run's own paired median (a: 1 and 3 %, b: 2 %).
+    assert result["overhead_pct_between_runs_mean"] == 2.0
+    assert result["overhead_pct_between_runs_ci95"] == [2.0, 2.0]
     result = pool([a_run], ["a.json"])
+    assert "overhead_pct_between_runs_mean" not in result  # one run has no spread between runs
     both = ((1 - 10 / 10.1) + (1 - 10 / 10.3)) * 50  # the median of two rounds' gap overheads
     assert result["itl_overhead_pct_paired_median"] == pytest.approx(both, abs=0.01)
+
+
+def test_the_between_runs_interval_is_students_t() -> None:
+    from bench.pool import mean_interval
+
+    centre, (low, high) = mean_interval([1.0, 2.0, 3.0])  # sd 1, 2 degrees of freedom
+    assert centre == 2.0 and high - centre == pytest.approx(4.303 / 3**0.5, abs=1e-3)
+    assert centre - low == pytest.approx(high - centre)
+    centre, (low, high) = mean_interval([float(v) for v in range(40)])  # beyond the table: 1.96
+    assert high - centre == pytest.approx(1.96 * 11.69 / 40**0.5, abs=0.01)
 
 
 def test_pool_refuses_other_files_and_mixed_shapes(tmp_path: Path) -> None:
@@ -145,6 +159,21 @@ def test_overhead_benchmark_compares_a_second_daemon_in_the_same_rounds(tmp_path
     low, high = result["b_overhead_pct_paired_ci95"]
     assert low <= result["b_overhead_pct_paired_median"] <= high
     assert all(v > 0 for v in result["b_server_ttft_ms_runs"])
+
+
+@pytest.mark.parametrize("sides", [1, 2, 3])
+def test_round_orders_let_every_side_follow_every_side_equally_often(sides: int) -> None:
+    from collections import Counter
+
+    from bench.overhead import round_order
+
+    period = {1: 1, 2: 2, 3: 6}[sides]
+    runs = [side for r in range(period) for side in round_order(r, sides)]
+    assert all(sorted(round_order(r, sides)) == list(range(sides)) for r in range(period))
+    assert round_order(period, sides) == round_order(0, sides)  # the orders repeat
+    follows = Counter(zip([runs[-1], *runs[:-1]], runs, strict=True))  # (before, after), cyclic
+    assert set(follows) == {(a, b) for a in range(sides) for b in range(sides)}
+    assert len(set(follows.values())) == 1, follows
 
 
 def test_overhead_benchmark_refuses_a_malformed_assignment(tmp_path: Path) -> None:
