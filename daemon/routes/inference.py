@@ -262,7 +262,8 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
     is a plain JSON error with its status. The engine applies ``keep_alive`` when it ends.
     """
     request.keep_alive = call.body.keep_alive
-    request.stream = bool(call.body.stream) and not request.render_only
+    # A render-only answer is one object whether or not the request said ``stream``.
+    request.stream = call.body.stream and not request.render_only
     events = call.services.engine.generate(call.handle, request)
 
     async def release() -> None:
@@ -273,7 +274,7 @@ async def run(call: Call, shape: Shape, request: GenerationRequest, load_ns: int
         return shape.final(text, final_fields(finished, total_ns, load_ns, shape.with_context))
 
     receive = call.request.receive
-    if request.render_only or not call.body.stream:
+    if not request.stream:
         try:
             collected = await until_disconnect(receive, lambda: _collect(events))
         finally:
