@@ -175,6 +175,14 @@ def median_interval(values: list[float], draws: int = 2000) -> tuple[float, floa
     return _bootstrap(values, median, draws)
 
 
+def median_fields(values: list[float], median_key: str, interval_key: str) -> dict[str, Any]:
+    """``{median_key: median, interval_key: [low, high]}`` of ``values``, rounded for output."""
+    return {
+        median_key: round(median(values), 2),
+        interval_key: [round(v, 2) for v in median_interval(values)],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
     common_args(parser)
@@ -193,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="also run a second daemon with this variable set (repeatable); rounds rotate native, "
-        "the daemon, the second daemon, and b_* fields compare the second with both",
+        help="also run a second daemon with this variable set (repeatable); each round runs native "
+        "and both daemons (in six orders in turn), and b_* fields compare the second with both",
     )
     args = parser.parse_args(argv)
 
@@ -251,17 +259,14 @@ def main(argv: list[str] | None = None) -> None:
         "server_tok_s": round(server_tok_s, 2),
         "overhead_pct": round(overhead_pct(native_tok_s, server_tok_s), 2),
         # Each round's own ratio: the machine's speed moves between rounds, less within one.
-        "overhead_pct_paired_median": round(median(paired), 2),
-        "overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
+        **median_fields(paired, "overhead_pct_paired_median", "overhead_pct_paired_ci95"),
         "overhead_pct_ci95": [round(v, 2) for v in overhead_interval(native_speed, server_speed)],
         "native_itl_ms": round(median([n[2] for n, _ in rounds]), 4),
         "server_itl_ms": round(median([s[3] for _, s in rounds]), 4),
-        "itl_overhead_pct_paired_median": round(median(paired_itl), 2),
-        "itl_overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired_itl)],
+        **median_fields(paired_itl, "itl_overhead_pct_paired_median", "itl_overhead_pct_paired_ci95"),
         "native_ttft_ms": round(median([n[1] for n, _ in rounds]), 2),
         "server_ttft_ms": round(median([s[1] for _, s in rounds]), 2),
-        "ttft_extra_ms_paired_median": round(median(ttft_extra), 2),
-        "ttft_extra_ms_ci95": [round(v, 2) for v in median_interval(ttft_extra)],
+        **median_fields(ttft_extra, "ttft_extra_ms_paired_median", "ttft_extra_ms_ci95"),
         "native_ttft_ms_runs": [round(n[1], 2) for n, _ in rounds],
         "server_ttft_ms_runs": [round(s[1], 2) for _, s in rounds],
         "native_tok_s_runs": [round(v, 2) for v in native_speed],
@@ -291,15 +296,11 @@ def second_server(
     return {
         "b_env": env,
         "b_server_tok_s": round(median(speed), 2),
-        "b_overhead_pct_paired_median": round(median(paired), 2),
-        "b_overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
+        **median_fields(paired, "b_overhead_pct_paired_median", "b_overhead_pct_paired_ci95"),
         # Below 0: the second daemon is the faster; measured in the same rounds as the first.
-        "b_vs_a_pct_paired_median": round(median(versus), 2),
-        "b_vs_a_pct_paired_ci95": [round(v, 2) for v in median_interval(versus)],
-        "b_itl_overhead_pct_paired_median": round(median(paired_itl), 2),
-        "b_itl_overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired_itl)],
-        "b_vs_a_itl_pct_paired_median": round(median(versus_itl), 2),
-        "b_vs_a_itl_pct_paired_ci95": [round(v, 2) for v in median_interval(versus_itl)],
+        **median_fields(versus, "b_vs_a_pct_paired_median", "b_vs_a_pct_paired_ci95"),
+        **median_fields(paired_itl, "b_itl_overhead_pct_paired_median", "b_itl_overhead_pct_paired_ci95"),
+        **median_fields(versus_itl, "b_vs_a_itl_pct_paired_median", "b_vs_a_itl_pct_paired_ci95"),
         "b_ttft_extra_ms_paired_median": round(median(extra), 2),
         "b_server_ttft_ms_runs": [round(b[1], 2) for _, _, b in results],
         "b_server_tok_s_runs": [round(v, 2) for v in speed],

@@ -29,7 +29,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from bench.harness import emit, median
-from bench.overhead import itl_overhead_pct, median_interval, overhead_pct
+from bench.overhead import itl_overhead_pct, median_fields, overhead_pct
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -88,12 +88,10 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         "tokens": runs[0]["tokens"],
         "devices": sorted({run["device"] for run in runs}),
         "runs": len(paired),
-        "overhead_pct_paired_median": round(median(paired), 2),
-        "overhead_pct_paired_ci95": [round(v, 2) for v in median_interval(paired)],
+        **median_fields(paired, "overhead_pct_paired_median", "overhead_pct_paired_ci95"),
         "overhead_pct_geomean": round(geo, 2),
         "overhead_pct_geomean_ci95": [round(v, 2) for v in geo_interval],
-        "ttft_extra_ms_paired_median": round(median(extra), 2),
-        "ttft_extra_ms_ci95": [round(v, 2) for v in median_interval(extra)],
+        **median_fields(extra, "ttft_extra_ms_paired_median", "ttft_extra_ms_ci95"),
     }
     if len(runs) > 1:
         centre, interval = mean_interval([median(values) for values in per_run])
@@ -105,8 +103,7 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             for run in runs
             for n, s in zip(run["native_itl_ms_runs"], run["server_itl_ms_runs"], strict=True)
         ]
-        result["itl_overhead_pct_paired_median"] = round(median(itl), 2)
-        result["itl_overhead_pct_paired_ci95"] = [round(v, 2) for v in median_interval(itl)]
+        result.update(median_fields(itl, "itl_overhead_pct_paired_median", "itl_overhead_pct_paired_ci95"))
     result["each"] = [
         {
             "file": name,
