@@ -106,10 +106,31 @@ def test_pool_joins_the_rounds_of_several_runs(tmp_path: Path) -> None:
     # Between runs: the mean of each run's own paired median (a: 1 and 3 %, b: 2 %).
     assert result["overhead_pct_between_runs_mean"] == 2.0
     assert result["overhead_pct_between_runs_ci95"] == [2.0, 2.0]
+    low, high = result["overhead_pct_geomean_runs_ci95"]
+    assert 0.99 <= low <= result["overhead_pct_geomean"] <= high <= 3.01  # rounds of 1, 3 and 2 %
+    assert result["overhead_pct_geomean_runs_upper95"] <= high
     result = pool([a_run], ["a.json"])
     assert "overhead_pct_between_runs_mean" not in result  # one run has no spread between runs
+    assert "overhead_pct_geomean_runs_ci95" not in result
     both = ((1 - 10 / 10.1) + (1 - 10 / 10.3)) * 50  # the median of two rounds' gap overheads
     assert result["itl_overhead_pct_paired_median"] == pytest.approx(both, abs=0.01)
+
+
+def test_the_runs_bootstrap_counts_the_spread_between_runs(tmp_path: Path) -> None:
+    from bench.pool import load, pool
+
+    # Rounds agree closely within each run, runs do not (0-1 % against 4-5 %): rounds alone
+    # give a narrow interval, the two-stage bootstrap one as wide as the runs are apart.
+    runs = [
+        load(_overhead_run(tmp_path / f"{i}.json", [100.0] * 20, [100.0 - base - k / 20 for k in range(20)]))
+        for i, base in enumerate([0.0, 4.0, 0.0, 4.0])
+    ]
+    result = pool(runs, [f"{i}.json" for i in range(4)])
+    rounds_low, rounds_high = result["overhead_pct_geomean_ci95"]
+    low, high = result["overhead_pct_geomean_runs_ci95"]
+    assert rounds_high - rounds_low < 2.0
+    assert low < rounds_low and high > rounds_high and high - low > 2.5
+    assert rounds_high < result["overhead_pct_geomean_runs_upper95"] <= high
 
 
 def test_the_between_runs_interval_is_students_t() -> None:
