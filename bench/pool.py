@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         runs = [load(path) for path in args.files]
-        result = pool(runs, [path.name for path in args.files])
+        names = [path.name for path in args.files]
+        if len(set(names)) < len(names):  # runs of several calls may share a file name
+            names = [str(path) for path in args.files]
+        result = pool(runs, names)
     except (OSError, ValueError, KeyError) as exc:
         parser.error(str(exc))
     emit(result, args.table)

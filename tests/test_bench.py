@@ -158,6 +158,11 @@ def test_pool_refuses_other_files_and_mixed_shapes(tmp_path: Path) -> None:
     assert out.returncode == 2 and "other.json: not the output of bench.overhead" in out.stderr
     out = pool_cli(a, a)
     assert out.returncode == 0 and json.loads(out.stdout)["runs"] == 2
+    # Runs of separate calls often share a name: the rows then name the paths given.
+    (tmp_path / "call2").mkdir()
+    a2 = _overhead_run(tmp_path / "call2" / "a.json", [100.0], [98.0])
+    out = pool_cli(a, a2)
+    assert [each["file"] for each in json.loads(out.stdout)["each"]] == [str(a), str(a2)]
 
 
 def test_overhead_benchmark_stops_starting_rounds_after_max_seconds(tmp_path: Path) -> None:
