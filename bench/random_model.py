@@ -4,7 +4,10 @@ Decode speed depends on the shapes and the quantization, not on the weight value
 random 4-bit Qwen2.5-7B decodes like the real one. The tokenizer is synthetic: one token
 per byte-level character plus made-up words up to the real vocabulary size, and an
 end-of-sequence token *outside* the model's vocabulary, so a run never stops early: every
-benchmark run makes exactly the number of tokens it asks for.
+benchmark run makes exactly the number of tokens it asks for. The chat template ends a
+turn with a newline, never with that token: the model has no embedding for it, and a
+prompt holding it would make the model read past its embedding table (garbage, often
+NaN, different in every process).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ GROUP_SIZE = 64
 EOS = "<|im_end|>"
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
@@ -95,6 +98,8 @@ def build_random_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     if name not in SHAPES:
         raise ValueError(f"unknown random model {name!r}; choose one of {', '.join(SHAPES)}")
     if (out_dir / "config.json").is_file():
+        if _chat_template(out_dir) != CHAT_TEMPLATE:  # built before the template changed
+            _write_tokenizer(out_dir, SHAPES[name]["vocab"])
         return out_dir
     import mlx.core as mx
 
@@ -122,14 +127,25 @@ def build_random_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     if shape["bits"]:
         config["quantization"] = {"group_size": GROUP_SIZE, "bits": shape["bits"]}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tok = _tokenizer(shape["vocab"])
+    _write_tokenizer(out_dir, shape["vocab"])
+    return out_dir
+
+
+def _write_tokenizer(out_dir: Path, vocab_size: int) -> None:
     write_tokenizer_files(
         out_dir,
-        tok,
+        _tokenizer(vocab_size),
         bos_token=None,
         eos_token=EOS,
-        eos_ids=[shape["vocab"]],
+        eos_ids=[vocab_size],
         chat_template=CHAT_TEMPLATE,
         model_max_length=32768,
     )
-    return out_dir
+
+
+def _chat_template(out_dir: Path) -> str | None:
+    try:
+        template = json.loads((out_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return template if isinstance(template, str) else None

@@ -281,3 +281,27 @@ def test_delivery_benchmark_times_both_transports_both_ways(tmp_path: Path) -> N
             p50, p99 = result[f"{ipc}_{way}_p50_us"], result[f"{ipc}_{way}_p99_us"]
             assert 0 < p50 <= result[f"{ipc}_{way}_p90_us"] <= p99, (ipc, way)
             assert result[f"{ipc}_{way}_cpu_us_per_event"] > 0
+
+
+def test_random_model_prompts_stay_inside_its_vocabulary(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from bench.random_model import CHAT_TEMPLATE, EOS, SHAPES, build_random_model
+
+    vocab = SHAPES["tiny"]["vocab"]
+    out = build_random_model("tiny", tmp_path / "tiny")
+    tok = AutoTokenizer.from_pretrained(str(out))
+    turns = [("system", "be brief"), ("user", "hello"), ("assistant", "hi"), ("user", "again")]
+    messages = [{"role": role, "content": content} for role, content in turns]
+    rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tok(rendered, add_special_tokens=False)["input_ids"]
+    # An id at or past the vocabulary would read past the embedding table (garbage, NaN).
+    assert ids and max(ids) < vocab
+    assert tok.convert_tokens_to_ids(EOS) == vocab  # end of sequence stays unreachable
+    # A model built with an older template gets the current one, its weights untouched.
+    config = out / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": "old"}))
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    build_random_model("tiny", out)
+    assert json.loads(config.read_text())["chat_template"] == CHAT_TEMPLATE
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights
