@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -51,8 +52,14 @@ def free_port() -> int:
 
 @contextmanager
 def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None) -> Iterator[str]:
-    """A real ``mlxd serve`` on a free loopback port with ``model_dir`` installed as ``bench``."""
+    """A real ``mlxd serve`` on a free loopback port with ``model_dir`` installed as ``bench``.
+
+    Each call starts a new daemon in a new home; the model is installed through
+    ``/api/create`` the first time, and later homes get hard links to that installation
+    (kept under ``MLXD_BENCH_CACHE``), so a run of new processes starts in seconds."""
     home = Path(tempfile.mkdtemp(prefix="mlxd-bench-home-"))
+    seed = CACHE / "homes" / _model_key(model_dir)
+    linked = _link_tree(seed, home)
     port = free_port()
     environ = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "MLXD_HOME": str(home), "MLXD_IPC": ipc}
     environ.update(env or {})
@@ -71,9 +78,11 @@ def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None)
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        body = {"model": "bench", "from": str(model_dir), "stream": False}
-        response = httpx.post(url + "/api/create", json=body, timeout=600)
-        response.raise_for_status()
+        if not linked:
+            body = {"model": "bench", "from": str(model_dir), "stream": False}
+            response = httpx.post(url + "/api/create", json=body, timeout=600)
+            response.raise_for_status()
+            _keep_seed(home, seed)
         yield url
     except BaseException:
         log.flush()
@@ -91,6 +100,58 @@ def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None)
             if "batched decode" in line:  # the worker's routing choice: part of the result
                 print(line, file=sys.stderr)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _model_key(model_dir: Path) -> str:
+    """Names the installed copy of ``model_dir``: its path and its files' sizes and times."""
+    h = hashlib.sha256(str(model_dir.resolve()).encode())
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            h.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _link_tree(source: Path, target: Path) -> bool:
+    """Fill ``target`` with hard links to ``source``'s files (symlinks copied as they are);
+    False, leaving ``target`` empty, when there is no complete ``source`` or links fail."""
+    if not (source / ".complete").is_file():
+        return False
+    try:
+        shutil.copytree(source, target, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+    except OSError:  # another filesystem: install the model the slow way
+        for child in target.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        return False
+    return True
+
+
+def _keep_seed(home: Path, seed: Path) -> None:
+    """Keep hard links to the model just installed in ``home`` (blobs, manifest, its view)
+    for the next daemon of this model: installing copies and hashes every byte of the
+    weights, ~15 s for a 7B, and each run would pay it again. Best effort."""
+    # Not the store's lock file: daemons sharing its inode would wait on each other.
+    ignore = shutil.ignore_patterns("daemon.log", "tmp", ".lock")
+    try:
+        seed.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix="partial-", dir=seed.parent))
+    except OSError:
+        return
+    try:
+        shutil.copytree(
+            home, partial, symlinks=True, copy_function=os.link, ignore=ignore, dirs_exist_ok=True
+        )
+        (partial / ".complete").touch()
+        if not (seed / ".complete").is_file():
+            shutil.rmtree(seed, ignore_errors=True)  # what an interrupted run left
+        partial.rename(seed)  # fails if another run kept one meanwhile: that one serves
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def device_name() -> str:

@@ -305,3 +305,33 @@ def test_random_model_prompts_stay_inside_its_vocabulary(tmp_path: Path) -> None
     build_random_model("tiny", out)
     assert json.loads(config.read_text())["chat_template"] == CHAT_TEMPLATE
     assert (out / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_daemons_of_one_model_share_its_installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from bench import harness
+
+    monkeypatch.setattr(harness, "CACHE", tmp_path / "cache")
+    model = harness.resolve_model("random:tiny")
+    options = {"num_predict": 4, "temperature": 0}
+    body = {"model": "bench", "prompt": "hello", "stream": False, "options": options}
+
+    def generate(url: str) -> str:
+        response = httpx.post(url + "/api/generate", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return str(response.json()["response"])
+
+    with harness.daemon(model) as url:  # installs through /api/create, keeps links to it
+        first = generate(url)
+    seed = tmp_path / "cache" / "homes" / harness._model_key(model)
+    blobs = list((seed / "blobs").iterdir())
+    assert (seed / ".complete").is_file() and blobs
+    assert all(blob.stat().st_nlink == 1 for blob in blobs)  # the first home is gone
+    with harness.daemon(model) as url:  # a new daemon in a new home, linked to the same files
+        assert all(blob.stat().st_nlink == 2 for blob in blobs)
+        assert generate(url) == first
+    assert all(blob.stat().st_nlink == 1 for blob in blobs)
+    # A changed model is another installation.
+    (model / "generation_config.json").write_text("{}")
+    assert harness._model_key(model) != seed.name
