@@ -103,13 +103,14 @@ def daemon(model_dir: Path, ipc: str = "shm", env: dict[str, str] | None = None)
 
 
 def _model_key(model_dir: Path) -> str:
-    """Names the installed copy of ``model_dir``: its path and its files' sizes and times."""
-    h = hashlib.sha256(str(model_dir.resolve()).encode())
+    """Names the installed copy of ``model_dir``: ``<its path>-<its files' sizes and times>``."""
+    where = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:12]
+    files = hashlib.sha256()
     for path in sorted(model_dir.iterdir()):
         if path.is_file():
             stat = path.stat()
-            h.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
+            files.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return f"{where}-{files.hexdigest()[:12]}"
 
 
 def _link_tree(source: Path, target: Path) -> bool:
@@ -148,6 +149,10 @@ def _keep_seed(home: Path, seed: Path) -> None:
         if not (seed / ".complete").is_file():
             shutil.rmtree(seed, ignore_errors=True)  # what an interrupted run left
         partial.rename(seed)  # fails if another run kept one meanwhile: that one serves
+        where = seed.name.split("-")[0]
+        for older in seed.parent.glob(f"{where}-*"):  # the same directory before it changed
+            if older != seed:
+                shutil.rmtree(older, ignore_errors=True)
     except OSError:
         pass
     finally:

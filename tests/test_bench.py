@@ -332,6 +332,9 @@ def test_daemons_of_one_model_share_its_installation(tmp_path: Path, monkeypatch
         assert all(blob.stat().st_nlink == 2 for blob in blobs)
         assert generate(url) == first
     assert all(blob.stat().st_nlink == 1 for blob in blobs)
-    # A changed model is another installation.
+    # A changed model is another installation, which replaces the one before.
     (model / "generation_config.json").write_text("{}")
     assert harness._model_key(model) != seed.name
+    with harness.daemon(model) as url:
+        assert generate(url)
+    assert not seed.exists() and (seed.parent / harness._model_key(model) / ".complete").is_file()
