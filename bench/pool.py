@@ -48,25 +48,26 @@ def load(path: Path) -> dict[str, Any]:
     return run
 
 
-def geometric_overhead(native: list[float], server: list[float]) -> tuple[float, tuple[float, float]]:
-    """The overhead of the geometric mean of the rounds' speed ratios (%) and its 95 %
-    interval; the interval is the point itself with fewer than two rounds."""
-    logs = [math.log(s / n) for n, s in zip(native, server, strict=True)]
+def log_ratios(run: dict[str, Any]) -> list[float]:
+    """Each round's log(server / native speed): a larger value is a faster server."""
+    pairs = zip(run["native_tok_s_runs"], run["server_tok_s_runs"], strict=True)
+    return [math.log(s / n) for n, s in pairs]
+
+
+def geometric_overhead(logs: list[float]) -> tuple[float, tuple[float, float]]:
+    """The overhead of the geometric mean of the rounds' speed ratios (%), from their
+    ``log_ratios``, and its 95 % interval; the point itself with fewer than two rounds."""
     centre = fmean(logs)
     half = 1.96 * stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else 0.0
     # A larger log ratio is a faster server: the bounds swap.
     return _pct(centre), (_pct(centre + half), _pct(centre - half))
 
 
-def runs_bootstrap_geometric(
-    native: list[list[float]], server: list[list[float]], draws: int = 4000
-) -> tuple[tuple[float, float], float]:
+def runs_bootstrap_geometric(logs: list[list[float]], draws: int = 4000) -> tuple[tuple[float, float], float]:
     """The geometric-mean overhead's 95 % interval and one-sided 95 % upper bound (%), from
-    a two-stage bootstrap over runs (each a list of rounds): draw as many runs as there are,
-    with replacement, then each drawn run's rounds with replacement; fixed seed."""
-    logs = [
-        [math.log(s / n) for n, s in zip(ns, ss, strict=True)] for ns, ss in zip(native, server, strict=True)
-    ]
+    a two-stage bootstrap over runs (each a list of its rounds' ``log_ratios``): draw as many
+    runs as there are, with replacement, then each drawn run's rounds with replacement;
+    fixed seed."""
     rng = random.Random(0)
     means = []
     for _ in range(draws):
@@ -103,14 +104,13 @@ def _pct(log_ratio: float) -> float:
 def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     if len({(run["model"], run["tokens"]) for run in runs}) > 1:
         raise ValueError("the runs differ in model or tokens: pool one shape at a time")
-    native = [v for run in runs for v in run["native_tok_s_runs"]]
-    server = [v for run in runs for v in run["server_tok_s_runs"]]
     speeds = [zip(run["native_tok_s_runs"], run["server_tok_s_runs"], strict=True) for run in runs]
     per_run = [[overhead_pct(n, s) for n, s in pairs] for pairs in speeds]
     paired = [v for values in per_run for v in values]
     ttft = [zip(run["native_ttft_ms_runs"], run["server_ttft_ms_runs"], strict=True) for run in runs]
     extra = [s - n for pairs in ttft for n, s in pairs]
-    geo, geo_interval = geometric_overhead(native, server)
+    logs = [log_ratios(run) for run in runs]
+    geo, geo_interval = geometric_overhead([v for values in logs for v in values])
     result: dict[str, Any] = {
         "bench": "pool",
         "model": runs[0]["model"],
@@ -126,9 +126,7 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         centre, interval = mean_interval([median(values) for values in per_run])
         result["overhead_pct_between_runs_mean"] = round(centre, 2)
         result["overhead_pct_between_runs_ci95"] = [round(v, 2) for v in interval]
-        both, upper = runs_bootstrap_geometric(
-            [run["native_tok_s_runs"] for run in runs], [run["server_tok_s_runs"] for run in runs]
-        )
+        both, upper = runs_bootstrap_geometric(logs)
         result["overhead_pct_geomean_runs_ci95"] = [round(v, 2) for v in both]
         result["overhead_pct_geomean_runs_upper95"] = round(upper, 2)
     if all("native_itl_ms_runs" in run for run in runs):
