@@ -19,6 +19,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from registry.gguf_tokenizer import write_tokenizer_files
+from registry.model_dir import chat_template
 
 # Shapes from the published Qwen2.5 configs (hidden, layers, heads, kv heads, ffn, vocab, tied).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -98,7 +99,7 @@ def build_random_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     if name not in SHAPES:
         raise ValueError(f"unknown random model {name!r}; choose one of {', '.join(SHAPES)}")
     if (out_dir / "config.json").is_file():
-        if _chat_template(out_dir) != CHAT_TEMPLATE:  # built before the template changed
+        if chat_template(out_dir) != CHAT_TEMPLATE:  # built before the template changed
             _write_tokenizer(out_dir, SHAPES[name]["vocab"])
         return out_dir
     import mlx.core as mx
@@ -141,11 +142,3 @@ def _write_tokenizer(out_dir: Path, vocab_size: int) -> None:
         chat_template=CHAT_TEMPLATE,
         model_max_length=32768,
     )
-
-
-def _chat_template(out_dir: Path) -> str | None:
-    try:
-        template = json.loads((out_dir / "tokenizer_config.json").read_text()).get("chat_template")
-    except (OSError, ValueError):
-        return None
-    return template if isinstance(template, str) else None
