@@ -121,11 +121,8 @@ def _link_tree(source: Path, target: Path) -> bool:
     try:
         shutil.copytree(source, target, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
     except OSError:  # another filesystem: install the model the slow way
-        for child in target.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        shutil.rmtree(target)
+        target.mkdir(mode=0o700)
         return False
     return True
 
