@@ -41,6 +41,7 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
     assert result["ipc"] == "shm" and result["tokens"] == 8 and result["model"] == "random:tiny"
     assert "cpu" in result["device"].lower()
+    assert 0 < result["setup_s"] < 300  # the model built, both sides loaded and warmed up
     # Two interleaved rounds: one figure per round on each side.
     assert len(result["native_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 2
     low, high = result["overhead_pct_ci95"]
