@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         for load in loads:
             load.result()
         for side in sides[1:]:
-            side(warm_up)
+            side(warm_up)  # each daemon's first generation, at the rounds' prompt length
         setup_s = time.monotonic() - began
         # The order changes every round (``round_order``), so a drift of the machine's speed
         # and the side that ran just before fall on every side alike.
