@@ -8,18 +8,26 @@ answer; both are fixed texts, so that turn k's prompt extends turn k-1's prompt 
 (the case a prompt cache serves: an agent or chat UI resending its history). By the last
 turn the history holds about ``--history-tokens`` tokens. The daemon runs once with
 ``MLXD_PROMPT_CACHE=0`` and once with it on. Prints one JSON object.
+
+From the second turn on, a turn brings an answer and a question (turn 1 only a question),
+so with the cache a later turn still evaluates more new tokens than the first (see
+``prompt_eval_count``). ``--conversations N`` holds N conversations one after another on
+each daemon, each with its own texts and lengths (so no turn meets a prompt length, or a
+cached prefix, that an earlier conversation compiled or left behind), and reports each
+turn's median TTFT over them.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from statistics import median_low
 from typing import Any
 
 import httpx
 import orjson
 
-from bench.harness import daemon, device_name, emit, resolve_model
+from bench.harness import daemon, device_name, emit, median, resolve_model
 
 
 def _text(tokens: int, seed: int) -> str:
@@ -31,16 +39,24 @@ def _text(tokens: int, seed: int) -> str:
 
 
 def _turns(
-    url: str, turns: int, history: int, reply: int, system: str = "You are a terse assistant."
+    url: str,
+    turns: int,
+    history: int,
+    reply: int,
+    system: str = "You are a terse assistant.",
+    conversation: int = 0,
 ) -> list[dict[str, Any]]:
-    per_turn = max(history // turns // 2, 8)
+    # Each conversation's messages are a few characters longer than the last one's, in
+    # another order of words.
+    per_turn = max(history // turns // 2, 8) + 3 * conversation
+    seed = 5 * conversation
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     out = []
     with httpx.Client(timeout=None) as client:
         for turn in range(1, turns + 1):
             if turn > 1:
-                messages.append({"role": "assistant", "content": _text(per_turn, turn * 2)})
-            messages.append({"role": "user", "content": _text(per_turn, turn * 2 + 1)})
+                messages.append({"role": "assistant", "content": _text(per_turn, turn * 2 + seed)})
+            messages.append({"role": "user", "content": _text(per_turn, turn * 2 + 1 + seed)})
             body = {
                 "model": "bench",
                 "messages": messages,
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--history-tokens", type=int, default=2000)
     parser.add_argument("--reply-tokens", type=int, default=16)
+    parser.add_argument("--conversations", type=int, default=1, help="conversations per daemon, one by one")
     parser.add_argument("--ipc", choices=["shm", "stdio"], default="shm")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
@@ -86,15 +103,48 @@ def main(argv: list[str] | None = None) -> None:
         "device": device_name(),
         "turns": args.turns,
         "history_tokens": args.history_tokens,
+        "conversations": args.conversations,
     }
     for label, flag in (("without_cache", "0"), ("with_cache", "1")):
         with daemon(model_dir, ipc=args.ipc, env={"MLXD_PROMPT_CACHE": flag}) as url:
             # Load and warm up on another conversation, so that turn 1 starts cold.
             _turns(url, 1, args.history_tokens, 2, system="Warm-up.")
-            rows = _turns(url, args.turns, args.history_tokens, args.reply_tokens)
-        result[label] = rows
-        result[f"{label}_last_over_first"] = round(rows[-1]["ttft_ms"] / rows[0]["ttft_ms"], 2)
+            held = [
+                _turns(url, args.turns, args.history_tokens, args.reply_tokens, system, c)
+                for c, system in enumerate(_systems(args.conversations))
+            ]
+        result.update(summary(label, held))
     emit(result, args.table)
+
+
+def _systems(count: int) -> list[str]:
+    """A system prompt per conversation, different from its first character on."""
+    first = "You are a terse assistant."
+    return [first] + [f"{c}: {first}" for c in range(1, count)]
+
+
+def summary(label: str, conversations: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each turn's median TTFT and evaluated tokens over ``conversations`` (lists of turn
+    rows), turn N's median over turn 1's, and, with several, every conversation's rows."""
+    turns = zip(*conversations, strict=True)
+    rows = [
+        {
+            "turn": same[0]["turn"],
+            "ttft_ms": round(median([row["ttft_ms"] for row in same]), 2),
+            "prompt_eval_count": median_low([row["prompt_eval_count"] for row in same]),
+        }
+        for same in turns
+    ]
+    out: dict[str, Any] = {
+        label: rows,
+        f"{label}_last_over_first": round(rows[-1]["ttft_ms"] / rows[0]["ttft_ms"], 2),
+    }
+    if len(conversations) > 1:
+        out[f"{label}_each"] = conversations
+        out[f"{label}_last_over_first_each"] = [
+            round(c[-1]["ttft_ms"] / c[0]["ttft_ms"], 2) for c in conversations
+        ]
+    return out
 
 
 if __name__ == "__main__":

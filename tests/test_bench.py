@@ -284,6 +284,48 @@ def test_delivery_benchmark_times_both_transports_both_ways(tmp_path: Path) -> N
             assert result[f"{ipc}_{way}_cpu_us_per_event"] > 0
 
 
+def test_concurrency_benchmark_loads_mlxd_and_mlx_lm_server_alike(tmp_path: Path) -> None:
+    argv = ["--model", "random:tiny", "--streams", "1,2", "--tokens", "8", "--prompt-tokens", "8"]
+    result = _run("bench.concurrency", argv, tmp_path)
+    for side in ("mlxd", "mlx_lm_server"):
+        rows = result[side]
+        assert [row["streams"] for row in rows] == [1, 2], side
+        for row in rows:
+            assert row["tokens"] == 8 * row["streams"], side  # every stream made all its tokens
+            assert row["aggregate_tok_s"] > 0 and row["per_stream_tok_s"] > 0
+            assert 0 < row["ttft_ms_median"] <= row["ttft_ms_max"]
+    one, two = (row["aggregate_tok_s"] for row in result["mlxd"])
+    assert result["mlxd_scaling"] == {"1": 1.0, "2": round(two / one, 2)}
+
+
+def test_multiturn_benchmark_reuses_the_history_with_the_prompt_cache(tmp_path: Path) -> None:
+    argv = ["--model", "random:tiny", "--turns", "3", "--history-tokens", "300", "--reply-tokens", "4"]
+    result = _run("bench.multiturn", [*argv, "--conversations", "2"], tmp_path)
+    assert result["turns"] == 3 and result["conversations"] == 2
+    for label in ("without_cache", "with_cache"):
+        each = result[f"{label}_each"]
+        assert [[row["turn"] for row in c] for c in each] == [[1, 2, 3], [1, 2, 3]]
+        for turn, row in enumerate(result[label]):
+            both = [c[turn]["ttft_ms"] for c in each]
+            assert row["ttft_ms"] == pytest.approx(sum(both) / 2, abs=0.01)  # the median of two
+            assert row["prompt_eval_count"] == min(c[turn]["prompt_eval_count"] for c in each)
+        ratios = [round(c[-1]["ttft_ms"] / c[0]["ttft_ms"], 2) for c in each]
+        assert result[f"{label}_last_over_first_each"] == ratios
+        rows = result[label]
+        assert result[f"{label}_last_over_first"] == round(rows[-1]["ttft_ms"] / rows[0]["ttft_ms"], 2)
+    for cold, warm in zip(result["without_cache_each"], result["with_cache_each"], strict=True):
+        evaluated = [row["prompt_eval_count"] for row in cold]
+        assert evaluated[0] < evaluated[1] < evaluated[2]  # the whole history, every turn
+        cached = [row["prompt_eval_count"] for row in warm]
+        # Turn 1 is new to the cache but for the template's opening; then only the turn's
+        # answer and question are evaluated, however long the history.
+        assert evaluated[0] - 16 <= cached[0] <= evaluated[0]
+        assert cached[1] < evaluated[1] and abs(cached[2] - cached[1]) <= 2
+    # Conversations differ in length, so none meets a prompt length another one compiled.
+    firsts = {c[0]["prompt_eval_count"] for c in result["without_cache_each"]}
+    assert len(firsts) == 2
+
+
 def test_random_model_prompts_stay_inside_its_vocabulary(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
