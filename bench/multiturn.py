@@ -11,16 +11,22 @@ turn the history holds about ``--history-tokens`` tokens. The daemon runs once w
 
 From the second turn on, a turn brings an answer and a question (turn 1 only a question),
 so with the cache a later turn still evaluates more new tokens than the first (see
-``prompt_eval_count``). ``--conversations N`` holds N conversations one after another on
-each daemon, each with its own texts and lengths (so no turn meets a prompt length, or a
-cached prefix, that an earlier conversation compiled or left behind), and reports each
-turn's median TTFT over them.
+``prompt_eval_count``). With ``--own-replies`` the answers in the history are the model's
+own, as a chat UI sends them back, and each question is as long as a fixed answer and a
+question together: the cache holds those answers already wherever their text encodes to
+the tokens generated (a real tokenizer; the random models' synthetic one spells a made-up
+word out in letters, so there each answer is evaluated again).
+
+``--conversations N`` holds N conversations one after another on each daemon, each with
+its own texts and lengths (so no turn meets a prompt length, or a cached prefix, that an
+earlier conversation compiled or left behind), and reports each turn's median TTFT.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from statistics import median_low
 from typing import Any
 
@@ -38,33 +44,44 @@ def _text(tokens: int, seed: int) -> str:
     return " ".join(out)[:tokens]
 
 
+@dataclass(frozen=True)
+class Chat:
+    """The shape of each conversation: ``turns`` turns growing to ``history`` tokens, answers
+    of ``reply`` tokens, and whether the history holds the model's own answers."""
+
+    turns: int
+    history: int
+    reply: int
+    own_replies: bool = False
+
+
 def _turns(
-    url: str,
-    turns: int,
-    history: int,
-    reply: int,
-    system: str = "You are a terse assistant.",
-    conversation: int = 0,
+    url: str, chat: Chat, system: str = "You are a terse assistant.", conversation: int = 0
 ) -> list[dict[str, Any]]:
     # Each conversation's messages are a few characters longer than the last one's, in
-    # another order of words.
-    per_turn = max(history // turns // 2, 8) + 3 * conversation
+    # another order of words. With the model's own answers (short) in the history, each
+    # question is as long as a fixed answer and a question together.
+    share = chat.history // chat.turns if chat.own_replies else chat.history // chat.turns // 2
+    per_turn = max(share, 8) + 3 * conversation
     seed = 5 * conversation
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     out = []
+    answer = ""
     with httpx.Client(timeout=None) as client:
-        for turn in range(1, turns + 1):
+        for turn in range(1, chat.turns + 1):
             if turn > 1:
-                messages.append({"role": "assistant", "content": _text(per_turn, turn * 2 + seed)})
+                text = answer if chat.own_replies else _text(per_turn, turn * 2 + seed)
+                messages.append({"role": "assistant", "content": text})
             messages.append({"role": "user", "content": _text(per_turn, turn * 2 + 1 + seed)})
             body = {
                 "model": "bench",
                 "messages": messages,
-                "options": {"temperature": 0, "num_predict": reply, "num_ctx": history * 2 + 512},
+                "options": {"temperature": 0, "num_predict": chat.reply, "num_ctx": chat.history * 2 + 512},
             }
             started = time.perf_counter()
             first = 0.0
             final: dict[str, Any] = {}
+            parts: list[str] = []
             with client.stream("POST", url + "/api/chat", content=orjson.dumps(body)) as response:
                 response.raise_for_status()
                 for line in response.iter_lines():
@@ -73,8 +90,10 @@ def _turns(
                         raise RuntimeError(chunk["error"])
                     if not first:
                         first = time.perf_counter()
+                    parts.append(chunk.get("message", {}).get("content", ""))
                     if chunk.get("done"):
                         final = chunk
+            answer = "".join(parts)
             out.append(
                 {
                     "turn": turn,
@@ -92,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history-tokens", type=int, default=2000)
     parser.add_argument("--reply-tokens", type=int, default=16)
     parser.add_argument("--conversations", type=int, default=1, help="conversations per daemon, one by one")
+    parser.add_argument(
+        "--own-replies",
+        action="store_true",
+        help="the history holds the model's own answers (as a chat UI sends them back), not fixed texts",
+    )
     parser.add_argument("--ipc", choices=["shm", "stdio"], default="shm")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
@@ -104,15 +128,14 @@ def main(argv: list[str] | None = None) -> None:
         "turns": args.turns,
         "history_tokens": args.history_tokens,
         "conversations": args.conversations,
+        "own_replies": args.own_replies,
     }
+    chat = Chat(args.turns, args.history_tokens, args.reply_tokens, args.own_replies)
     for label, flag in (("without_cache", "0"), ("with_cache", "1")):
         with daemon(model_dir, ipc=args.ipc, env={"MLXD_PROMPT_CACHE": flag}) as url:
             # Load and warm up on another conversation, so that turn 1 starts cold.
-            _turns(url, 1, args.history_tokens, 2, system="Warm-up.")
-            held = [
-                _turns(url, args.turns, args.history_tokens, args.reply_tokens, system, c)
-                for c, system in enumerate(_systems(args.conversations))
-            ]
+            _turns(url, Chat(1, args.history_tokens, 2), system="Warm-up.")
+            held = [_turns(url, chat, system, c) for c, system in enumerate(_systems(args.conversations))]
         result.update(summary(label, held))
     emit(result, args.table)
 

@@ -326,6 +326,19 @@ def test_multiturn_benchmark_reuses_the_history_with_the_prompt_cache(tmp_path: 
     assert len(firsts) == 2
 
 
+def test_multiturn_benchmark_can_send_back_the_models_own_answers(tmp_path: Path) -> None:
+    argv = ["--model", "random:tiny", "--turns", "3", "--history-tokens", "300", "--reply-tokens", "4"]
+    result = _run("bench.multiturn", [*argv, "--own-replies"], tmp_path)
+    assert result["own_replies"] is True and "with_cache_each" not in result  # one conversation
+    evaluated = [row["prompt_eval_count"] for row in result["without_cache"]]
+    cached = [row["prompt_eval_count"] for row in result["with_cache"]]
+    assert evaluated[0] < evaluated[1] < evaluated[2]
+    # A later turn evaluates what it adds, its question and the answer before it (spelt out
+    # anew by this tokenizer), never the history before them.
+    for turn in (1, 2):
+        assert abs(cached[turn] - (evaluated[turn] - evaluated[turn - 1])) <= 2, (cached, evaluated)
+
+
 def test_random_model_prompts_stay_inside_its_vocabulary(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
