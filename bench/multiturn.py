@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ipc", choices=["shm", "stdio"], default="shm")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
+    if args.turns < 1 or args.conversations < 1:
+        parser.error("--turns and --conversations must be at least 1")
     model_dir = resolve_model(args.model)
 
     result: dict[str, Any] = {

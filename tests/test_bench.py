@@ -339,6 +339,12 @@ def test_multiturn_benchmark_can_send_back_the_models_own_answers(tmp_path: Path
         assert abs(cached[turn] - (evaluated[turn] - evaluated[turn - 1])) <= 2, (cached, evaluated)
 
 
+def test_multiturn_benchmark_refuses_no_conversations(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "bench.multiturn", "--model", "random:tiny", "--conversations", "0"]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--conversations must be at least 1" in out.stderr
+
+
 def test_random_model_prompts_stay_inside_its_vocabulary(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
