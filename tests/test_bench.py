@@ -16,17 +16,18 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
+def _invoke(
+    module: str, argv: list[str], cache: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m <module> <argv>`` with its models cached under ``cache``."""
+    env = {**os.environ, "MLXD_BENCH_CACHE": str(cache)}
+    command = [sys.executable, "-m", module, *argv]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def _run(module: str, argv: list[str], cache: Path) -> dict[str, Any]:
     """Run ``python -m <module> <argv>`` and return the JSON object it prints last."""
-    env = {**os.environ, "MLXD_BENCH_CACHE": str(cache)}
-    out = subprocess.run(
-        [sys.executable, "-m", module, *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _invoke(module, argv, cache)
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -146,8 +147,7 @@ def test_the_between_runs_interval_is_students_t() -> None:
 
 def test_pool_refuses_other_files_and_mixed_shapes(tmp_path: Path) -> None:
     def pool_cli(*files: Path) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "bench.pool", *map(str, files)]
-        return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return _invoke("bench.pool", list(map(str, files)), tmp_path, timeout=60)
 
     a = _overhead_run(tmp_path / "a.json", [100.0], [99.0])
     b = _overhead_run(tmp_path / "b.json", [100.0], [99.0], tokens=16)
@@ -204,13 +204,8 @@ def test_round_orders_let_every_side_follow_every_side_equally_often(sides: int)
 
 
 def test_overhead_benchmark_refuses_a_malformed_assignment(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--model", "random:tiny", "--env-b", "MLXD_TOKEN_THREAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    argv = ["--model", "random:tiny", "--env-b", "MLXD_TOKEN_THREAD"]
+    out = _invoke("bench.overhead", argv, tmp_path, timeout=60)
     assert out.returncode == 2 and "expected NAME=VALUE, got 'MLXD_TOKEN_THREAD'" in out.stderr
 
 
@@ -340,8 +335,7 @@ def test_multiturn_benchmark_can_send_back_the_models_own_answers(tmp_path: Path
 
 
 def test_multiturn_benchmark_refuses_no_conversations(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "bench.multiturn", "--model", "random:tiny", "--conversations", "0"]
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = _invoke("bench.multiturn", ["--model", "random:tiny", "--conversations", "0"], tmp_path, timeout=60)
     assert out.returncode == 2 and "--conversations must be at least 1" in out.stderr
 
 
