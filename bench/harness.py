@@ -170,6 +170,17 @@ def device_name() -> str:
     return name
 
 
+def host_id() -> str:
+    """A short name for this machine as it is booted now (host name and Linux's boot id,
+    hashed): runs of one host share its speed, so ``bench.pool`` can tell hosts apart."""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    try:
+        booted = boot.read_text().strip()
+    except OSError:  # not Linux: the host name alone
+        booted = ""
+    return hashlib.sha256(f"{socket.gethostname()} {booted}".encode()).hexdigest()[:12]
+
+
 def prompt_text(tokens: int) -> str:
     """A prompt of about ``tokens`` tokens for the random models (one per character)."""
     return ("The quick brown fox jumps over the lazy dog. " * (tokens // 45 + 1))[:tokens]

@@ -1,6 +1,6 @@
 """Pool the rounds of several ``bench.overhead`` runs into one estimate.
 
-    python -m bench.pool bench/results/overhead-7b-h200-*.json [--table]
+    python -m bench.pool bench/results/overhead-7b-h200-*.json [--hosts REGEX] [--table]
 
 One run on a shared machine spreads too much for a one-point target (single rounds move
 ±10 % on a GPU host) and a device call is capped in time, so runs of one build and shape,
@@ -21,6 +21,13 @@ from a two-stage bootstrap (runs drawn with replacement, then rounds within each
 run), which counts both spreads; ``overhead_pct_geomean_runs_upper95`` is its one-sided
 95 % upper bound, the figure to hold against an "at most" target. Both need several runs
 (with few, the runs drawn repeat and the interval is too narrow).
+
+The runs of one machine are not independent either: its CPU and where the threads land
+set a single stream's speed for all of them (on GPU hosts, host means of −6 % and +3 % for
+one build). ``bench.overhead`` records a hashed ``host``; with runs from two hosts or more,
+``overhead_pct_geomean_hosts_*`` come from a three-stage bootstrap (hosts, then runs,
+then rounds) and ``by_host`` gives each host's geometric mean. ``--hosts REGEX`` names
+the hosts of runs that predate the field, from their file paths.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import json
 import math
 import random
+import re
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
@@ -68,12 +76,26 @@ def runs_bootstrap_geometric(logs: list[list[float]], draws: int = 4000) -> tupl
     a two-stage bootstrap over runs (each a list of its rounds' ``log_ratios``): draw as many
     runs as there are, with replacement, then each drawn run's rounds with replacement;
     fixed seed."""
+    return _bootstrap_geometric(logs, 2, draws)
+
+
+def hosts_bootstrap_geometric(
+    logs: list[list[list[float]]], draws: int = 4000
+) -> tuple[tuple[float, float], float]:
+    """The same from a three-stage bootstrap over hosts (each a list of its runs): hosts
+    first, then runs within each drawn host, then rounds within each drawn run."""
+    return _bootstrap_geometric(logs, 3, draws)
+
+
+def _bootstrap_geometric(tree: list[Any], depth: int, draws: int) -> tuple[tuple[float, float], float]:
     rng = random.Random(0)
     means = []
     for _ in range(draws):
-        drawn = [logs[rng.randrange(len(logs))] for _ in logs]
-        values = [run[rng.randrange(len(run))] for run in drawn for _ in run]
-        means.append(fmean(values))
+        # Level by level: as many children drawn, with replacement, as each node has.
+        drawn: list[Any] = [tree]
+        for _ in range(depth):
+            drawn = [node[rng.randrange(len(node))] for node in drawn for _ in node]
+        means.append(fmean(drawn))
     means.sort()
 
     def at(q: float) -> float:
@@ -101,7 +123,9 @@ def _pct(log_ratio: float) -> float:
     return (1 - math.exp(log_ratio)) * 100
 
 
-def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+def pool(runs: list[dict[str, Any]], names: list[str], hosts: list[str] | None = None) -> dict[str, Any]:
+    """Pool ``runs`` (named ``names`` in the rows); ``hosts`` names each run's machine where
+    the runs do not (their ``host``: runs from before ``bench.overhead`` recorded it)."""
     if len({(run["model"], run["tokens"]) for run in runs}) > 1:
         raise ValueError("the runs differ in model or tokens: pool one shape at a time")
     speeds = [zip(run["native_tok_s_runs"], run["server_tok_s_runs"], strict=True) for run in runs]
@@ -129,6 +153,9 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         both, upper = runs_bootstrap_geometric(logs)
         result["overhead_pct_geomean_runs_ci95"] = [round(v, 2) for v in both]
         result["overhead_pct_geomean_runs_upper95"] = round(upper, 2)
+    labels: list[str | None] = list(hosts) if hosts else [run.get("host") for run in runs]
+    if all(labels) and len(set(labels)) > 1:
+        result.update(_by_host(logs, [str(label) for label in labels]))
     if all("native_itl_ms_runs" in run for run in runs):
         itl = [
             itl_overhead_pct(n, s)
@@ -143,15 +170,55 @@ def pool(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             "native_tok_s": run["native_tok_s"],
             "server_tok_s": run["server_tok_s"],
             "overhead_pct_paired_median": run["overhead_pct_paired_median"],
+            **({"host": label} if label else {}),
         }
-        for name, run in zip(names, runs, strict=True)
+        for name, run, label in zip(names, runs, labels, strict=True)
     ]
     return result
+
+
+def _by_host(logs: list[list[float]], labels: list[str]) -> dict[str, Any]:
+    """The geometric mean per host and, over hosts, its interval and upper bound: the runs
+    of one machine share its speed (its CPU, where the threads land), so they are not as
+    many independent samples as they look; a host is."""
+    grouped: dict[str, list[list[float]]] = {}
+    for label, run in zip(labels, logs, strict=True):
+        grouped.setdefault(label, []).append(run)
+    both, upper = hosts_bootstrap_geometric(list(grouped.values()))
+    return {
+        "hosts": len(grouped),
+        "overhead_pct_geomean_hosts_ci95": [round(v, 2) for v in both],
+        "overhead_pct_geomean_hosts_upper95": round(upper, 2),
+        "by_host": [
+            {
+                "host": label,
+                "runs": len(runs),
+                "rounds": sum(map(len, runs)),
+                "overhead_pct_geomean": round(geometric_overhead([v for run in runs for v in run])[0], 2),
+            }
+            for label, runs in grouped.items()
+        ],
+    }
+
+
+def host_in(pattern: re.Pattern[str], path: Path) -> str:
+    """The host ``pattern`` names in ``path``: its first group, or its whole match."""
+    found = pattern.search(str(path))
+    if found is None:
+        raise ValueError(f"{path}: --hosts {pattern.pattern!r} matches nothing in its path")
+    return found.group(1) if pattern.groups else found.group(0)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pool", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="JSON printed by bench.overhead")
+    parser.add_argument(
+        "--hosts",
+        metavar="REGEX",
+        type=re.compile,
+        help="each run's host: the first group of REGEX (or all of its match) in the file's path,"
+        " for runs that do not record their host",
+    )
     parser.add_argument("--table", action="store_true", help="also print a readable table (stderr)")
     args = parser.parse_args(argv)
     try:
@@ -159,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         names = [path.name for path in args.files]
         if len(set(names)) < len(names):  # runs of several calls may share a file name
             names = [str(path) for path in args.files]
-        result = pool(runs, names)
+        hosts = [host_in(args.hosts, path) for path in args.files] if args.hosts else None
+        result = pool(runs, names, hosts)
     except (OSError, ValueError, KeyError) as exc:
         parser.error(str(exc))
     emit(result, args.table)

@@ -42,6 +42,7 @@ def test_overhead_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert result["native_tok_s"] > 0 and result["server_tok_s"] > 0
     assert result["ipc"] == "shm" and result["tokens"] == 8 and result["model"] == "random:tiny"
     assert "cpu" in result["device"].lower()
+    assert len(result["host"]) == 12 and int(result["host"], 16) >= 0  # this machine, hashed
     assert 0 < result["setup_s"] < 300  # the model built, both sides loaded and warmed up
     # Two interleaved rounds: one figure per round on each side.
     assert len(result["native_tok_s_runs"]) == len(result["server_tok_s_runs"]) == 2
@@ -133,6 +134,51 @@ def test_the_runs_bootstrap_counts_the_spread_between_runs(tmp_path: Path) -> No
     assert rounds_high - rounds_low < 2.0
     assert low < rounds_low and high > rounds_high and high - low > 2.5
     assert rounds_high < result["overhead_pct_geomean_runs_upper95"] <= high
+
+
+def test_the_hosts_bootstrap_counts_runs_of_one_machine_once(tmp_path: Path) -> None:
+    from bench.pool import load, pool
+
+    # Three runs on each of two hosts; the hosts differ (0-1 % against 4-5 %), the runs of
+    # one host do not: counted as six independent runs they give a narrower interval than
+    # the two hosts can support.
+    def run(i: int, base: float, host: str) -> dict[str, Any]:
+        server = [100.0 - base - k / 20 for k in range(20)]
+        return load(_overhead_run(tmp_path / f"{i}.json", [100.0] * 20, server, host=host))
+
+    runs = [run(i, base, host) for i, (base, host) in enumerate([(0.0, "a"), (4.0, "b")] * 3)]
+    result = pool(runs, [f"{i}.json" for i in range(6)])
+    assert result["hosts"] == 2
+    runs_low, runs_high = result["overhead_pct_geomean_runs_ci95"]
+    low, high = result["overhead_pct_geomean_hosts_ci95"]
+    assert low < runs_low and high > runs_high
+    assert runs_high < result["overhead_pct_geomean_hosts_upper95"] <= high
+    by_host = {row["host"]: row for row in result["by_host"]}
+    assert by_host["a"]["runs"] == by_host["b"]["runs"] == 3 and by_host["a"]["rounds"] == 60
+    assert (
+        0.4 < by_host["a"]["overhead_pct_geomean"] < 0.6 and 4.4 < by_host["b"]["overhead_pct_geomean"] < 4.6
+    )
+    assert [row["host"] for row in result["each"]] == ["a", "b"] * 3
+    # Labels given for runs that do not name their host win; one host has no spread to count.
+    result = pool(runs, [f"{i}.json" for i in range(6)], ["x"] * 6)
+    assert "hosts" not in result and {row["host"] for row in result["each"]} == {"x"}
+    unnamed = [load(_overhead_run(tmp_path / f"u{i}.json", [100.0], [99.0])) for i in range(2)]
+    result = pool(unnamed, ["u0.json", "u1.json"])
+    assert "hosts" not in result and all("host" not in row for row in result["each"])
+
+
+def test_pool_reads_hosts_from_file_names(tmp_path: Path) -> None:
+    files = []
+    for call in ("m1", "m1", "m2"):
+        folder = tmp_path / call / str(len(files))
+        folder.mkdir(parents=True)
+        files.append(str(_overhead_run(folder / "run.json", [100.0, 100.0], [99.0, 98.0])))
+    out = _invoke("bench.pool", ["--hosts", r"/(m\d)/", *files], tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["hosts"] == 2 and [row["host"] for row in result["each"]] == ["m1", "m1", "m2"]
+    out = _invoke("bench.pool", ["--hosts", "elsewhere", *files], tmp_path, timeout=60)
+    assert out.returncode == 2 and "--hosts 'elsewhere' matches nothing in its path" in out.stderr
 
 
 def test_the_between_runs_interval_is_students_t() -> None:
