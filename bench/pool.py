@@ -124,8 +124,8 @@ def _pct(log_ratio: float) -> float:
 
 
 def pool(runs: list[dict[str, Any]], names: list[str], hosts: list[str] | None = None) -> dict[str, Any]:
-    """Pool ``runs`` (named ``names`` in the rows); ``hosts`` names each run's machine where
-    the runs do not (their ``host``: runs from before ``bench.overhead`` recorded it)."""
+    """Pool ``runs`` (named ``names`` in the rows). ``hosts``, when given, names each run's
+    machine instead of the runs' own ``host`` (which runs from before it was recorded lack)."""
     if len({(run["model"], run["tokens"]) for run in runs}) > 1:
         raise ValueError("the runs differ in model or tokens: pool one shape at a time")
     speeds = [zip(run["native_tok_s_runs"], run["server_tok_s_runs"], strict=True) for run in runs]
