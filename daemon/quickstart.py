@@ -41,6 +41,10 @@ def _start_daemon(client: Client, timeout: float = 60.0) -> subprocess.Popen[byt
     raise CLIError(f"the daemon did not answer at {client.base_url} within {timeout:g}s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def quickstart(settings: Settings) -> int:
     client = Client(settings.client_url)
     proc: subprocess.Popen[bytes] | None = None
@@ -48,6 +52,10 @@ def quickstart(settings: Settings) -> int:
         print(f"using the server already running at {client.base_url}")
     else:
         proc = _start_daemon(client)
+    # Stopped any other way than Ctrl-C (``kill``, a closed terminal), stop the daemon we
+    # started too, as Ctrl-C does, instead of leaving it serving behind us.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _interrupt)
     try:
         try:
             client.post("/api/show", {"model": DEFAULT_MODEL})
