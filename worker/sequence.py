@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 from mlx_lm.models.cache import RotatingKVCache
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, StreamingDetokenizer
 
 from worker import protocol, sampling
 from worker.constrained import FormatError, ThinkingGate
@@ -113,7 +114,7 @@ class Sequence:
             # Before the token's text: the daemon attaches them to the next chunk it sends.
             self.writer.send(protocol.logprobs(self.id, [self._logprob(token, logprobs)]))
         self.detokenizer.add_token(token)
-        out = self.stopper.feed(self.detokenizer.last_segment)
+        out = self.stopper.feed(next_segment(self.detokenizer))
         if out:
             self._send(out)
         if self.stopper.stopped:
@@ -179,6 +180,26 @@ class Sequence:
     def _send(self, text: str) -> None:
         for piece in self.router.feed(text):
             self.writer.send(_event(self.id, piece))
+
+
+# mlx-lm's byte-level BPE and SentencePiece detokenizers append each piece to ``text``, a
+# copy of the whole output every token; only ``last_segment`` is read here, so past this
+# many characters what was read is dropped. The last character stays: an empty ``text``
+# tells them the output is just starting (where they drop a leading space).
+TEXT_KEPT = 4096
+
+
+def next_segment(detokenizer: StreamingDetokenizer) -> str:
+    """The text completed since the last call (``last_segment``), keeping the detokenizer's
+    ``text`` short, so that a token costs the same at the end of a long answer as at its start."""
+    segment: str = detokenizer.last_segment
+    if (
+        isinstance(detokenizer, BPEStreamingDetokenizer | SPMStreamingDetokenizer)
+        and detokenizer.offset > TEXT_KEPT
+    ):
+        detokenizer.text = detokenizer.text[-1:]
+        detokenizer.offset = len(detokenizer.text)
+    return segment
 
 
 def request_num_ctx(generator: Generator, command: GenerateCommand) -> int:
