@@ -340,9 +340,11 @@ class ResponsesStream:
         self.output_index = 0
         self.started = False
         self.items: list[Obj] = []  # completed output items
-        self.thinking = ""
+        # The text streamed so far, in pieces joined at the end (appending to one string
+        # would copy all of it for every token).
+        self.thinking: list[str] = []
         self.reasoning_id = ""
-        self.text = ""
+        self.text: list[str] = []
         self.text_started = False
         self.calls_sent = False
 
@@ -386,7 +388,7 @@ class ResponsesStream:
             out.append(
                 self._event("response.output_item.added", {"output_index": self.output_index, "item": item})
             )
-        self.thinking += thinking
+        self.thinking.append(thinking)
         delta = {"item_id": self.reasoning_id, "output_index": self.output_index, "summary_index": 0}
         out.append(self._event("response.reasoning_summary_text.delta", {**delta, "delta": thinking}))
         return out
@@ -394,14 +396,15 @@ class ResponsesStream:
     def _finish_reasoning(self) -> list[bytes]:
         if not self.reasoning_id:
             return []
-        item = _reasoning_item(self.reasoning_id, self.thinking)
+        thinking = "".join(self.thinking)
+        item = _reasoning_item(self.reasoning_id, thinking)
         where = {"item_id": self.reasoning_id, "output_index": self.output_index, "summary_index": 0}
         out = [
-            self._event("response.reasoning_summary_text.done", {**where, "text": self.thinking}),
+            self._event("response.reasoning_summary_text.done", {**where, "text": thinking}),
             self._event("response.output_item.done", {"output_index": self.output_index, "item": item}),
         ]
         self.items.append(item)
-        self.thinking, self.reasoning_id = "", ""
+        self.thinking, self.reasoning_id = [], ""
         self.output_index += 1
         return out
 
@@ -435,7 +438,7 @@ class ResponsesStream:
                 self._event("response.output_item.added", {"output_index": self.output_index, "item": item})
             )
             out.append(self._event("response.content_part.added", {**where, "part": _text_part("")}))
-        self.text += text
+        self.text.append(text)
         out.append(self._event("response.output_text.delta", {**where, "delta": text, "logprobs": []}))
         return out
 
@@ -445,12 +448,13 @@ class ResponsesStream:
         output = list(self.items)
         if self.text_started:
             where = {"item_id": self.item_id, "output_index": self.output_index, "content_index": 0}
-            item = _message_item(self.item_id, self.text)
+            text = "".join(self.text)
+            item = _message_item(self.item_id, text)
             output.append(item)
             if not self.calls_sent:
                 out += [
-                    self._event("response.output_text.done", {**where, "text": self.text, "logprobs": []}),
-                    self._event("response.content_part.done", {**where, "part": _text_part(self.text)}),
+                    self._event("response.output_text.done", {**where, "text": text, "logprobs": []}),
+                    self._event("response.content_part.done", {**where, "part": _text_part(text)}),
                     self._event(
                         "response.output_item.done", {"output_index": self.output_index, "item": item}
                     ),
