@@ -56,34 +56,32 @@ def shm_entries() -> set[str]:
 _CHANNEL_RE = re.compile(r"mlxd-[0-9a-f]+")
 
 
-def _command_lines() -> list[str]:
-    lines = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                lines.append(
-                    Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                )
-            except OSError:
-                continue
-    return lines
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains ``text`` (Linux /proc)."""
-    found = []
+def _proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """(PID, ``/proc/PID/<name>``) of every other process that can be read (Linux)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmdline = (
-                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            )
+            yield int(entry), Path(f"/proc/{entry}/{name}").read_bytes()
         except OSError:
             continue
-        if text in cmdline:
-            found.append(int(entry))
-    return found
+
+
+def _command_lines() -> list[str]:
+    return [raw.replace(b"\0", b" ").decode(errors="replace") for _, raw in _proc_files("cmdline")]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (Linux /proc)."""
+    wanted = text.encode()
+    return [pid for pid, raw in _proc_files("cmdline") if wanted in raw.replace(b"\0", b" ")]
+
+
+def processes_with_environment(variable: str, value: str) -> list[int]:
+    """PIDs started with ``variable=value`` in their environment (Linux /proc): a daemon's
+    command line names neither its home nor its port."""
+    wanted = f"{variable}={value}".encode()
+    return [pid for pid, raw in _proc_files("environ") if wanted in raw.split(b"\0")]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,15 @@ import ollama
 import pytest
 
 from daemon.quickstart import DEFAULT_MODEL, QUESTION, embedded_gguf
-from tests.conftest import ROOT, Daemon, free_port, processes_mentioning, shm_entries, start_daemon
+from tests.conftest import (
+    ROOT,
+    Daemon,
+    free_port,
+    processes_mentioning,
+    processes_with_environment,
+    shm_entries,
+    start_daemon,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -81,24 +89,12 @@ def test_quickstart_stopped_by_a_signal_stops_its_daemon(tmp_path: Path, stop: s
     finally:
         if proc.poll() is None:
             proc.kill()
-        for pid in _processes_with_home(home):  # what a failure left serving
+        for pid in processes_with_environment("MLXD_HOME", str(home)):  # what a failure left serving
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     text = log.read_text(errors="replace")
     assert "Paris" in text and "Application shutdown complete" in text and "Traceback" not in text
-    assert _processes_with_home(home) == []
+    assert processes_with_environment("MLXD_HOME", str(home)) == []
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
     assert shm_entries() - before == set()
-
-
-def _processes_with_home(home: Path) -> list[int]:
-    """PIDs started with ``MLXD_HOME=home`` (the daemon's command line does not name it)."""
-    wanted = f"MLXD_HOME={home}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            with contextlib.suppress(OSError):
-                if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    found.append(int(entry))
-    return found
