@@ -119,12 +119,17 @@ def _link_tree(source: Path, target: Path) -> bool:
     if not (source / ".complete").is_file():
         return False
     try:
-        shutil.copytree(source, target, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+        _link_copy(source, target)
     except OSError:  # another filesystem: install the model the slow way
         shutil.rmtree(target)
         target.mkdir(mode=0o700)
         return False
     return True
+
+
+def _link_copy(source: Path, target: Path, ignore: Callable[..., Any] | None = None) -> None:
+    """``source``'s tree into ``target`` (which may exist) as hard links, symlinks as they are."""
+    shutil.copytree(source, target, symlinks=True, copy_function=os.link, ignore=ignore, dirs_exist_ok=True)
 
 
 def _keep_seed(home: Path, seed: Path) -> None:
@@ -140,9 +145,7 @@ def _keep_seed(home: Path, seed: Path) -> None:
     except OSError:
         return
     try:
-        shutil.copytree(
-            home, partial, symlinks=True, copy_function=os.link, ignore=ignore, dirs_exist_ok=True
-        )
+        _link_copy(home, partial, ignore)
         (partial / ".complete").touch()
         if not (seed / ".complete").is_file():
             shutil.rmtree(seed, ignore_errors=True)  # what an interrupted run left

@@ -35,6 +35,8 @@ import orjson
 
 from bench.harness import daemon, device_name, emit, median, resolve_model
 
+SYSTEM = "You are a terse assistant."
+
 
 def _text(tokens: int, seed: int) -> str:
     words = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
@@ -55,9 +57,7 @@ class Chat:
     own_replies: bool = False
 
 
-def _turns(
-    url: str, chat: Chat, system: str = "You are a terse assistant.", conversation: int = 0
-) -> list[dict[str, Any]]:
+def _turns(url: str, chat: Chat, system: str, conversation: int = 0) -> list[dict[str, Any]]:
     # Each conversation's messages are a few characters longer than the last one's, in
     # another order of words. With the model's own answers (short) in the history, each
     # question is as long as a fixed answer and a question together.
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _systems(count: int) -> list[str]:
     """A system prompt per conversation, different from its first character on."""
-    first = "You are a terse assistant."
-    return [first] + [f"{c}: {first}" for c in range(1, count)]
+    return [SYSTEM] + [f"{c}: {SYSTEM}" for c in range(1, count)]
 
 
 def summary(label: str, conversations: list[list[dict[str, Any]]]) -> dict[str, Any]:
