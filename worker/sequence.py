@@ -193,9 +193,10 @@ def next_segment(detokenizer: StreamingDetokenizer) -> str:
     """The text completed since the last call (``last_segment``), keeping the detokenizer's
     ``text`` short, so that a token costs the same at the end of a long answer as at its start."""
     segment: str = detokenizer.last_segment
-    if (
-        isinstance(detokenizer, BPEStreamingDetokenizer | SPMStreamingDetokenizer)
-        and detokenizer.offset > TEXT_KEPT
+    # The length first: past a trim it is small again, so the type is checked once in
+    # ~4,096 characters rather than on every token.
+    if detokenizer.offset > TEXT_KEPT and isinstance(
+        detokenizer, BPEStreamingDetokenizer | SPMStreamingDetokenizer
     ):
         detokenizer.text = detokenizer.text[-1:]
         detokenizer.offset = len(detokenizer.text)
